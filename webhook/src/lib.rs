@@ -1,0 +1,2 @@
+//! Sidekey's mutating admission webhook.
+#![forbid(unsafe_code)]
