@@ -206,6 +206,28 @@ pub fn agent_config(
     Ok(config)
 }
 
+/// The annotation table as Markdown rows, as it stands in `docs/annotations.md` between
+/// the `BEGIN TABLE` and `END TABLE` markers (a test keeps the two equal).
+pub fn markdown_table() -> String {
+    let mut out =
+        String::from("| annotation | per secret | default | allowed values | meaning |\n");
+    out.push_str("|---|---|---|---|---|\n");
+    for a in TABLE {
+        let key = if a.per_secret {
+            format!("`{PREFIX}{}<name>`", a.key)
+        } else {
+            format!("`{PREFIX}{}`", a.key)
+        };
+        let per = if a.per_secret { "yes" } else { "no" };
+        let meaning = a.meaning.split_whitespace().collect::<Vec<_>>().join(" ");
+        out.push_str(&format!(
+            "| {key} | {per} | {} | {} | {meaning} |\n",
+            a.default, a.allowed
+        ));
+    }
+    out
+}
+
 fn unknown(key: &str) -> AnnotationError {
     let known: Vec<String> = TABLE
         .iter()
@@ -419,6 +441,28 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn docs_annotations_md_matches_the_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/annotations.md");
+        let doc = std::fs::read_to_string(path).expect("docs/annotations.md exists");
+        let begin = doc
+            .find("<!-- BEGIN TABLE -->\n")
+            .expect("BEGIN TABLE marker")
+            + 21;
+        let end = doc.find("<!-- END TABLE -->").expect("END TABLE marker");
+        let table = markdown_table();
+        if std::env::var_os("SIDEKEY_BLESS").is_some() {
+            let updated = format!("{}{table}{}", &doc[..begin], &doc[end..]);
+            std::fs::write(path, updated).expect("rewrite docs/annotations.md");
+            return;
+        }
+        assert_eq!(
+            &doc[begin..end],
+            table,
+            "docs/annotations.md is out of date: run `SIDEKEY_BLESS=1 cargo test -p sidekey-agent --lib docs_annotations`"
+        );
     }
 
     #[test]
