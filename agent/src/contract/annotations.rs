@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use super::config::{self, AgentConfig, AuthConfig, AuthMethod, SecretSpec, VaultConfig};
+use super::config::{self, AgentConfig, AuthConfig, AuthMethod, Notify, SecretSpec, VaultConfig};
+use super::duration;
 use super::layout;
 
 /// Prefix of every Sidekey annotation and of the opt-in label.
@@ -19,6 +20,21 @@ pub const ROLE: &str = "role";
 pub const AUTH_PATH: &str = "auth-path";
 /// Per-secret prefix: `secret-<name>: <vault path>`.
 pub const SECRET_PREFIX: &str = "secret-";
+/// Pod-wide re-read interval of static secrets.
+pub const REFRESH: &str = "refresh";
+/// Per-secret override of [`REFRESH`].
+pub const REFRESH_PREFIX: &str = "refresh-";
+/// Per-secret notification after a change.
+pub const NOTIFY_PREFIX: &str = "notify-";
+/// Delay between SIGTERM and revocation.
+pub const REVOKE_DELAY: &str = "revoke-delay";
+
+/// Shortest refresh interval accepted: anything faster only loads Vault.
+pub const MIN_REFRESH_SECS: u64 = 1;
+/// Longest refresh interval accepted (7 days); longer is almost surely a typo.
+pub const MAX_REFRESH_SECS: u64 = 7 * 24 * 3600;
+/// Longest revoke delay accepted; the pod's `terminationGracePeriodSeconds` must cover it.
+pub const MAX_REVOKE_DELAY_SECS: u64 = 3600;
 
 /// Default auth mount path when `auth-path` is not set.
 pub const DEFAULT_AUTH_PATH: &str = "auth/kubernetes";
@@ -74,6 +90,41 @@ pub const TABLE: &[Annotation] = &[
         allowed: "a Vault path such as `secret/data/app` (KV v2) or `secret/app`",
         meaning: "Read this path and render it to `/vault/secrets/<name>`. KV v2 data \
                   renders as a JSON object of the secret's keys.",
+    },
+    Annotation {
+        key: REFRESH,
+        per_secret: false,
+        default: "`5m`",
+        allowed: "a duration from `1s` to `7d`, e.g. `30s`, `5m`, `1h30m`",
+        meaning: "How often static secrets (KV) are re-read. A file is rewritten, and \
+                  the app notified, only when its content changed. Dynamic credentials \
+                  follow their lease instead and are never re-issued by a refresh.",
+    },
+    Annotation {
+        key: REFRESH_PREFIX,
+        per_secret: true,
+        default: "the pod's `refresh`",
+        allowed: "a duration from `1s` to `7d`",
+        meaning: "Re-read interval for this one secret.",
+    },
+    Annotation {
+        key: NOTIFY_PREFIX,
+        per_secret: true,
+        default: "none",
+        allowed: "`http://localhost:<port>/<path>` (POST), `signal:<SIGNAL>:<process>`, \
+                  or `exec:[\"/path/to/program\", \"arg\"]`",
+        meaning: "Tell the app once after each real change of this file, when the file \
+                  is complete. Signals need `shareProcessNamespace: true`; commands run \
+                  in the agent container without a shell.",
+    },
+    Annotation {
+        key: REVOKE_DELAY,
+        per_secret: false,
+        default: "`0s`",
+        allowed: "a duration up to `1h`",
+        meaning: "On pod termination, wait this long before revoking the pod's \
+                  credentials, so the app can drain. Keep it below the pod's \
+                  `terminationGracePeriodSeconds`.",
     },
 ];
 
@@ -135,7 +186,12 @@ pub fn agent_config(
 ) -> Result<AgentConfig, AnnotationError> {
     let mut role = None;
     let mut auth_path = DEFAULT_AUTH_PATH.to_owned();
+    let mut refresh_secs = config::DEFAULT_REFRESH_SECS;
+    let mut revoke_delay_secs = 0;
     let mut secrets: BTreeMap<String, String> = BTreeMap::new();
+    // Per-secret options, by secret name, with the key they came from (for errors).
+    let mut refresh_of: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    let mut notify_of: BTreeMap<String, (String, Notify)> = BTreeMap::new();
 
     for (full_key, value) in annotations {
         let Some(key) = full_key.strip_prefix(PREFIX) else {
@@ -155,6 +211,15 @@ pub fn agent_config(
             secrets.insert(name.to_owned(), parse_vault_path(key, value)?);
             continue;
         }
+        if let Some(name) = key.strip_prefix(REFRESH_PREFIX) {
+            let secs = parse_refresh(key, value)?;
+            refresh_of.insert(name.to_owned(), (key.to_owned(), secs));
+            continue;
+        }
+        if let Some(name) = key.strip_prefix(NOTIFY_PREFIX) {
+            notify_of.insert(name.to_owned(), (key.to_owned(), parse_notify(key, value)?));
+            continue;
+        }
         match key {
             ROLE => {
                 let v = value.trim();
@@ -164,6 +229,17 @@ pub fn agent_config(
                 role = Some(v.to_owned());
             }
             AUTH_PATH => auth_path = parse_mount_path(key, value)?,
+            REFRESH => refresh_secs = parse_refresh(key, value)?,
+            REVOKE_DELAY => {
+                let d = parse_duration(key, value)?;
+                if d.as_secs() > MAX_REVOKE_DELAY_SECS {
+                    return Err(err(
+                        key,
+                        format!("{value:?} is longer than the maximum of 1h"),
+                    ));
+                }
+                revoke_delay_secs = d.as_secs();
+            }
             _ => return Err(unknown(key)),
         }
     }
@@ -181,6 +257,19 @@ pub fn agent_config(
         ));
     }
 
+    // A per-secret option must name a declared secret, or it would silently do nothing.
+    let option_keys = refresh_of.iter().map(|(n, (k, _))| (n, k));
+    for (name, key) in option_keys.chain(notify_of.iter().map(|(n, (k, _))| (n, k))) {
+        if !secrets.contains_key(name) {
+            return Err(err(
+                key,
+                format!(
+                    "names secret {name:?}, but there is no {PREFIX}{SECRET_PREFIX}{name} annotation"
+                ),
+            ));
+        }
+    }
+
     let vault = VaultConfig {
         addr: defaults.vault_addr.clone(),
         ca_pem: defaults.vault_ca_pem.clone(),
@@ -193,14 +282,17 @@ pub fn agent_config(
         jwt_path: layout::token_path(),
     };
     let mut config = AgentConfig::new(vault, auth);
+    config.refresh_secs = refresh_secs;
+    config.revoke_delay_secs = revoke_delay_secs;
     config.secrets = secrets
         .into_iter()
         .map(|(name, path)| SecretSpec {
             file: name.clone(),
+            refresh_secs: refresh_of.get(&name).map(|(_, secs)| *secs),
+            notify: notify_of.remove(&name).map(|(_, n)| n),
             name,
             path,
             mode: config::DEFAULT_FILE_MODE,
-            refresh_secs: None,
         })
         .collect();
     Ok(config)
@@ -309,6 +401,107 @@ fn parse_vault_path(key: &str, value: &str) -> Result<String, AnnotationError> {
         ));
     }
     Ok(path.to_owned())
+}
+
+fn parse_duration(key: &str, value: &str) -> Result<std::time::Duration, AnnotationError> {
+    duration::parse(value).map_err(|e| err(key, e.to_string()))
+}
+
+fn parse_refresh(key: &str, value: &str) -> Result<u64, AnnotationError> {
+    let d = parse_duration(key, value)?;
+    if d.as_secs() < MIN_REFRESH_SECS {
+        return Err(err(
+            key,
+            format!("{value:?} is shorter than the minimum of 1s"),
+        ));
+    }
+    if d.as_secs() > MAX_REFRESH_SECS {
+        return Err(err(
+            key,
+            format!("{value:?} is longer than the maximum of 7d"),
+        ));
+    }
+    Ok(d.as_secs())
+}
+
+/// Signals a notification may send: the ones apps conventionally reload or rotate on.
+const SIGNALS: &[&str] = &[
+    "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGTERM", "SIGQUIT", "SIGWINCH",
+];
+
+fn parse_notify(key: &str, value: &str) -> Result<Notify, AnnotationError> {
+    let v = value.trim();
+    if let Some(rest) = v.strip_prefix("http://") {
+        let authority = rest.split('/').next().unwrap_or("");
+        let host = match authority.rsplit_once(':') {
+            Some((h, port)) if !h.ends_with(']') || h.starts_with('[') => {
+                if port.parse::<u16>().is_err() {
+                    return Err(err(key, format!("{port:?} is not a port number")));
+                }
+                h
+            }
+            _ => authority,
+        };
+        if !matches!(host, "localhost" | "127.0.0.1" | "[::1]") {
+            return Err(err(
+                key,
+                format!(
+                    "host {host:?} is not the pod's own loopback: use localhost, 127.0.0.1 or [::1]"
+                ),
+            ));
+        }
+        if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(err(key, "the URL contains whitespace"));
+        }
+        return Ok(Notify::Http { url: v.to_owned() });
+    }
+    if let Some(rest) = v.strip_prefix("signal:") {
+        let Some((sig, process)) = rest.split_once(':') else {
+            return Err(err(
+                key,
+                "write a signal notification as signal:<SIGNAL>:<process name>",
+            ));
+        };
+        let sig = sig.trim().to_ascii_uppercase();
+        let sig = if sig.starts_with("SIG") {
+            sig
+        } else {
+            format!("SIG{sig}")
+        };
+        if !SIGNALS.contains(&sig.as_str()) {
+            return Err(err(
+                key,
+                format!("signal {sig:?} is not one of {}", SIGNALS.join(", ")),
+            ));
+        }
+        let process = process.trim();
+        if process.is_empty() || process.contains(|c: char| c.is_whitespace() || c == '/') {
+            return Err(err(key, format!("{process:?} is not a process name")));
+        }
+        return Ok(Notify::Signal {
+            signal: sig,
+            process: process.to_owned(),
+        });
+    }
+    if let Some(rest) = v.strip_prefix("exec:") {
+        let argv: Vec<String> = serde_json::from_str(rest.trim()).map_err(|_| {
+            err(key, "write a command as exec:[\"/path/to/program\", \"arg\", ...] (a JSON array; there is no shell)")
+        })?;
+        match argv.first() {
+            Some(p) if p.starts_with('/') => {}
+            _ => {
+                return Err(err(
+                    key,
+                    "the command's first element must be an absolute program path",
+                ));
+            }
+        }
+        return Ok(Notify::Command { argv });
+    }
+    Err(err(
+        key,
+        "use http://localhost:<port>/<path>, signal:<SIGNAL>:<process> or exec:[\"/program\", \"arg\"]",
+    ))
 }
 
 fn parse_mount_path(key: &str, value: &str) -> Result<String, AnnotationError> {
@@ -463,6 +656,68 @@ mod tests {
             table,
             "docs/annotations.md is out of date: run `SIDEKEY_BLESS=1 cargo test -p sidekey-agent --lib docs_annotations`"
         );
+    }
+
+    #[test]
+    fn refresh_and_notify_per_secret() {
+        let a = map(&[
+            ("sidekey.dev/role", "app"),
+            ("sidekey.dev/secret-db", "secret/data/db"),
+            ("sidekey.dev/secret-api", "secret/data/api"),
+            ("sidekey.dev/refresh", "1m"),
+            ("sidekey.dev/refresh-db", "30s"),
+            ("sidekey.dev/notify-db", "signal:hup:nginx"),
+            ("sidekey.dev/notify-api", "http://localhost:8080/-/reload"),
+            ("sidekey.dev/revoke-delay", "10s"),
+        ]);
+        let c = agent_config(&a, &defaults()).unwrap();
+        assert_eq!(c.refresh_secs, 60);
+        assert_eq!(c.revoke_delay_secs, 10);
+        let db = c.secrets.iter().find(|s| s.name == "db").unwrap();
+        assert_eq!(db.refresh_secs, Some(30));
+        assert_eq!(
+            db.notify,
+            Some(Notify::Signal {
+                signal: "SIGHUP".into(),
+                process: "nginx".into()
+            })
+        );
+        let api = c.secrets.iter().find(|s| s.name == "api").unwrap();
+        assert_eq!(api.refresh_secs, None);
+        assert_eq!(
+            api.notify,
+            Some(Notify::Http {
+                url: "http://localhost:8080/-/reload".into()
+            })
+        );
+    }
+
+    #[test]
+    fn bad_refresh_and_notify_values_are_denied_by_key() {
+        let base = [
+            ("sidekey.dev/role", "app"),
+            ("sidekey.dev/secret-db", "secret/data/db"),
+        ];
+        let cases: &[(&str, &str)] = &[
+            ("sidekey.dev/refresh", "500ms"),
+            ("sidekey.dev/refresh", "soon"),
+            ("sidekey.dev/refresh", "30d"),
+            ("sidekey.dev/refresh-db", "0s"),
+            ("sidekey.dev/refresh-other", "5s"),
+            ("sidekey.dev/notify-other", "signal:HUP:nginx"),
+            ("sidekey.dev/notify-db", "http://example.com/reload"),
+            ("sidekey.dev/notify-db", "signal:KILL:nginx"),
+            ("sidekey.dev/notify-db", "exec:/bin/sh -c reload"),
+            ("sidekey.dev/notify-db", "exec:[\"reload\"]"),
+            ("sidekey.dev/notify-db", "reload please"),
+            ("sidekey.dev/revoke-delay", "2h"),
+        ];
+        for (k, v) in cases {
+            let mut pairs = base.to_vec();
+            pairs.push((k, v));
+            let e = agent_config(&map(&pairs), &defaults()).unwrap_err();
+            assert_eq!(&e.key, k, "{k}={v} -> {e}");
+        }
     }
 
     #[test]

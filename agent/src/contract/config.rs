@@ -49,6 +49,10 @@ pub struct AgentConfig {
     pub state_dir: String,
     /// Re-read interval for static secrets, in seconds.
     pub refresh_secs: u64,
+    /// Seconds the sidecar waits after SIGTERM before revoking its credentials, so the
+    /// app can drain while its database login still works.
+    #[serde(default)]
+    pub revoke_delay_secs: u64,
     pub secrets: Vec<SecretSpec>,
 }
 
@@ -104,6 +108,23 @@ pub struct SecretSpec {
     /// Per-secret refresh override, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_secs: Option<u64>,
+    /// How to tell the app, once, after each real change of this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+}
+
+/// A notification sent after a rendered file really changed, once the file is complete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Notify {
+    /// `POST` to a URL on the pod's own loopback (the containers of a pod share their
+    /// network namespace), e.g. `http://127.0.0.1:8080/-/reload`.
+    Http { url: String },
+    /// A signal (`SIGHUP`, `HUP`, ...) to every process whose name is `process`; needs
+    /// `shareProcessNamespace: true` on the pod to reach the app's processes.
+    Signal { signal: String, process: String },
+    /// A program run as an argument vector, without a shell (the agent image has none).
+    Command { argv: Vec<String> },
 }
 
 /// Why a configuration document was refused.
@@ -142,6 +163,7 @@ impl AgentConfig {
             secrets_dir: layout::SECRETS_MOUNT_PATH.to_owned(),
             state_dir: layout::STATE_MOUNT_PATH.to_owned(),
             refresh_secs: DEFAULT_REFRESH_SECS,
+            revoke_delay_secs: 0,
             secrets: Vec::new(),
         }
     }
@@ -250,6 +272,10 @@ mod tests {
             file: "db".into(),
             mode: DEFAULT_FILE_MODE,
             refresh_secs: None,
+            notify: Some(Notify::Signal {
+                signal: "SIGHUP".into(),
+                process: "nginx".into(),
+            }),
         });
         c
     }
