@@ -1,2 +1,22 @@
 //! Sidekey's mutating admission webhook.
+//!
+//! The API server sends every Pod CREATE to `POST /mutate`; a pod that opted in with
+//! `sidekey.dev/inject: "true"` comes back with the Sidekey agent injected as an init
+//! container and a sidecar, and its secrets volume mounted at `/vault/secrets`.
+//!
+//! Parts, in the order a review goes through them:
+//!
+//! * [`patch`]: the decision and the JSON patch, a pure function of the pod. Start here.
+//! * [`admission`]: the AdmissionReview wire types, the Pod CREATE filter and the
+//!   response with its base64 patch.
+//! * [`server`]: the axum routes and the TLS accept loop with graceful shutdown.
+//! * [`tls`]: the serving certificate and its reload when the files change.
+//! * [`config`]: flags and environment, validated into [`config::Settings`].
+
 #![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod config;
+pub mod patch;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,250 @@
+//! The `admission.k8s.io/v1` AdmissionReview as it travels over the wire: just the
+//! fields Sidekey reads and writes.
+//!
+//! These are Sidekey's own types rather than kube-core's: kube-core 5 serializes the
+//! patch as a JSON array of numbers instead of the documented base64 string, hides
+//! `patchType`, and pulls in k8s-openapi and a second json-patch major version.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::patch::{self, Decision, PatchSettings, SkipReason};
+
+/// The review API version this webhook is registered for.
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+/// The `v1beta1` review has the same shape for the fields used here; it is accepted so
+/// that a configuration still listing it keeps working, and answered in kind.
+pub const API_VERSION_V1BETA1: &str = "admission.k8s.io/v1beta1";
+const KIND: &str = "AdmissionReview";
+
+/// Why a request body is not a review this webhook can answer. Messages never quote the
+/// body, which may hold a pod's environment values.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Not JSON, or JSON whose fields have the wrong types.
+    #[error(
+        "request body is not a JSON AdmissionReview: {category} error at line {line}, column {column}"
+    )]
+    Json {
+        category: &'static str,
+        line: usize,
+        column: usize,
+    },
+    /// `apiVersion`/`kind` are not an `admission.k8s.io/v1` AdmissionReview.
+    #[error("request body is not an AdmissionReview of {API_VERSION} (check apiVersion and kind)")]
+    WrongKind,
+    /// The review has no `request` object.
+    #[error("AdmissionReview has no request")]
+    NoRequest,
+    /// The request has no (or an empty) `uid`, so no response could be matched to it.
+    #[error("AdmissionReview request has no uid")]
+    NoUid,
+    /// The JSON patch could not be serialized.
+    #[error("cannot serialize the JSON patch")]
+    Encode(#[source] serde_json::Error),
+}
+
+/// Result of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An incoming review, validated: it has a request and the request has a uid.
+#[derive(Debug)]
+pub struct Review {
+    /// The review's `apiVersion`, echoed in the response.
+    pub api_version: String,
+    pub request: Request,
+}
+
+/// The fields of `AdmissionRequest` Sidekey uses.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request {
+    /// Identifies this review; echoed in the response.
+    #[serde(default)]
+    pub uid: String,
+    /// Kind of the object, e.g. `{"group":"","version":"v1","kind":"Pod"}`.
+    #[serde(default)]
+    pub kind: GroupVersionKind,
+    /// Set when the request targets a subresource such as `pods/ephemeralcontainers`.
+    #[serde(default)]
+    pub sub_resource: Option<String>,
+    /// Object name; empty on CREATE with `generateName`.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
+    #[serde(default)]
+    pub operation: String,
+    /// The object being admitted (absent on DELETE).
+    #[serde(default)]
+    pub object: Option<Value>,
+}
+
+/// A Kubernetes group/version/kind triple; the core group is the empty string.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+pub struct GroupVersionKind {
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub kind: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawReview {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    request: Option<Request>,
+}
+
+/// Parses a request body into a [`Review`].
+///
+/// # Errors
+///
+/// See [`Error`]; each is answered with HTTP 400.
+pub fn parse(body: &[u8]) -> Result<Review> {
+    let raw: RawReview = serde_json::from_slice(body).map_err(|e| Error::Json {
+        category: match e.classify() {
+            serde_json::error::Category::Io => "read",
+            serde_json::error::Category::Syntax => "syntax",
+            serde_json::error::Category::Data => "type",
+            serde_json::error::Category::Eof => "truncated input",
+        },
+        line: e.line(),
+        column: e.column(),
+    })?;
+    if raw.kind != KIND
+        || !(raw.api_version == API_VERSION || raw.api_version == API_VERSION_V1BETA1)
+    {
+        return Err(Error::WrongKind);
+    }
+    let request = raw.request.ok_or(Error::NoRequest)?;
+    if request.uid.is_empty() {
+        return Err(Error::NoUid);
+    }
+    Ok(Review {
+        api_version: raw.api_version,
+        request,
+    })
+}
+
+impl Request {
+    /// Whether this is the creation of a core/v1 Pod (not of one of its subresources).
+    pub fn is_pod_create(&self) -> bool {
+        self.operation == "CREATE"
+            && self.kind.group.is_empty()
+            && self.kind.version == "v1"
+            && self.kind.kind == "Pod"
+            && self.sub_resource.as_deref().is_none_or(str::is_empty)
+    }
+
+    /// The pod's name, or its `generateName` prefix when the name is not chosen yet.
+    pub fn display_name(&self) -> &str {
+        match self.name.as_deref() {
+            Some(name) if !name.is_empty() => name,
+            _ => self
+                .object
+                .as_ref()
+                .and_then(|o| o.pointer("/metadata/generateName"))
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+        }
+    }
+}
+
+/// Decides on a review: only Pod CREATE goes to [`patch::mutate`], anything else is
+/// admitted unchanged.
+pub fn decide(request: &Request, settings: &PatchSettings) -> Decision {
+    if !request.is_pod_create() {
+        return Decision::Skip(SkipReason::NotPodCreate);
+    }
+    match &request.object {
+        Some(pod) => patch::mutate(pod, settings),
+        None => Decision::Deny("the Pod CREATE review carries no object".to_owned()),
+    }
+}
+
+/// The AdmissionReview sent back.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewResponse {
+    pub api_version: String,
+    pub kind: &'static str,
+    pub response: Response,
+}
+
+/// The `response` of an AdmissionReview.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    pub uid: String,
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
+    /// Standard (not URL-safe) base64 of the JSON patch; the API server rejects other
+    /// encodings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+/// Why a request was refused; `message` is shown to the user by the API server.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub code: u16,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+/// Wraps `decision` in the response to `review`, echoing its `apiVersion` and `uid`.
+///
+/// # Errors
+///
+/// [`Error::Encode`] if the patch cannot be serialized (not expected in practice).
+pub fn respond(review: &Review, decision: &Decision) -> Result<ReviewResponse> {
+    let uid = review.request.uid.clone();
+    let response = match decision {
+        Decision::Skip(_) => Response {
+            uid,
+            allowed: true,
+            patch_type: None,
+            patch: None,
+            status: None,
+        },
+        Decision::Patch(patch) => {
+            let bytes = serde_json::to_vec(patch).map_err(Error::Encode)?;
+            Response {
+                uid,
+                allowed: true,
+                patch_type: Some("JSONPatch"),
+                patch: Some(STANDARD.encode(bytes)),
+                status: None,
+            }
+        }
+        Decision::Deny(message) => Response {
+            uid,
+            allowed: false,
+            patch_type: None,
+            patch: None,
+            status: Some(Status {
+                code: 403,
+                message: message.clone(),
+                reason: Some("Forbidden"),
+            }),
+        },
+    };
+    Ok(ReviewResponse {
+        api_version: review.api_version.clone(),
+        kind: KIND,
+        response,
+    })
+}

@@ -1,0 +1,201 @@
+//! Command line and environment, validated into [`Settings`] before anything serves.
+//!
+//! Every flag has an environment alias under `SIDEKEY_`; a flag on the command line wins
+//! over its variable. Validation reads the Vault CA file (it is public and small) so
+//! that a wrong path or a non-certificate fails at startup, naming the flag, instead of
+//! failing in every injected pod later.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, ValueEnum};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
+use sidekey_agent::contract::annotations::Defaults;
+
+use crate::patch::PatchSettings;
+
+/// Agent image injected when `--agent-image` is not given: the agent of this very
+/// release, so webhook and agent always speak the same configuration version.
+pub const DEFAULT_AGENT_IMAGE: &str = concat!("ghcr.io/sidekey/agent:", env!("CARGO_PKG_VERSION"));
+
+/// Raw command line of `sidekey-webhook`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sidekey-webhook", version, about)]
+pub struct Cli {
+    /// Address to serve HTTPS on.
+    #[arg(
+        long,
+        env = "SIDEKEY_LISTEN",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8443"
+    )]
+    pub listen: SocketAddr,
+    /// PEM certificate chain served to the API server; reloaded when the file changes.
+    #[arg(long, env = "SIDEKEY_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: PathBuf,
+    /// PEM private key of --tls-cert; reloaded when the file changes.
+    #[arg(long, env = "SIDEKEY_TLS_KEY", value_name = "FILE")]
+    pub tls_key: PathBuf,
+    /// Vault address the injected agents use, e.g. https://vault.vault.svc:8200.
+    #[arg(long, env = "SIDEKEY_VAULT_ADDR", value_name = "URL")]
+    pub vault_addr: String,
+    /// PEM bundle of CAs the agents trust for Vault's certificate (default: system roots).
+    /// An empty value means unset.
+    #[arg(long, env = "SIDEKEY_VAULT_CA_FILE", value_name = "FILE")]
+    pub vault_ca_file: Option<PathBuf>,
+    /// Image of the injected agent containers.
+    #[arg(long, env = "SIDEKEY_AGENT_IMAGE", value_name = "IMAGE", default_value = DEFAULT_AGENT_IMAGE)]
+    pub agent_image: String,
+    /// Log line format.
+    #[arg(long, env = "SIDEKEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Format of the webhook's own log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub log_format: LogFormat,
+    /// Everything the pure patch function needs.
+    pub patch: PatchSettings,
+}
+
+/// A configuration value that cannot be used. Each message names the flag and its
+/// environment variable.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `--vault-addr` is not an http(s) URL.
+    #[error("--vault-addr (SIDEKEY_VAULT_ADDR): {0}")]
+    VaultAddr(String),
+    /// `--vault-ca-file` cannot be read.
+    #[error("--vault-ca-file (SIDEKEY_VAULT_CA_FILE): cannot read {path}")]
+    ReadCa {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--vault-ca-file` holds something other than PEM certificates.
+    #[error("--vault-ca-file (SIDEKEY_VAULT_CA_FILE): {path} {problem}")]
+    BadCa { path: PathBuf, problem: String },
+    /// `--agent-image` is empty or has whitespace.
+    #[error("--agent-image (SIDEKEY_AGENT_IMAGE): {0:?} is not an image reference")]
+    AgentImage(String),
+    /// `--tls-cert` or `--tls-key` is empty.
+    #[error("--tls-cert and --tls-key (SIDEKEY_TLS_CERT, SIDEKEY_TLS_KEY) must both be set")]
+    TlsPaths,
+}
+
+/// Result of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Cli {
+    /// Checks every value and reads the Vault CA bundle.
+    ///
+    /// # Errors
+    ///
+    /// The first unusable value, see [`Error`].
+    pub fn validate(self) -> Result<Settings> {
+        if self.tls_cert.as_os_str().is_empty() || self.tls_key.as_os_str().is_empty() {
+            return Err(Error::TlsPaths);
+        }
+        let vault_addr = check_vault_addr(&self.vault_addr)?;
+        let vault_ca_pem = match &self.vault_ca_file {
+            Some(path) if !path.as_os_str().is_empty() => Some(read_ca(path)?),
+            _ => None,
+        };
+        let image = self.agent_image.trim();
+        if image.is_empty() || image.contains(char::is_whitespace) {
+            return Err(Error::AgentImage(self.agent_image));
+        }
+
+        Ok(Settings {
+            listen: self.listen,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            log_format: self.log_format,
+            patch: PatchSettings {
+                agent_image: image.to_owned(),
+                defaults: Defaults {
+                    vault_addr,
+                    vault_ca_pem,
+                },
+            },
+        })
+    }
+}
+
+/// Accepts `http://host[:port][/path]` and `https://…`; returns it without a trailing
+/// slash. User info (`user:pass@`) is refused, and its value is not echoed, because it
+/// would end up in every pod's environment.
+fn check_vault_addr(raw: &str) -> Result<String> {
+    let addr = raw.trim().trim_end_matches('/');
+    let rest = addr
+        .strip_prefix("https://")
+        .or_else(|| addr.strip_prefix("http://"))
+        .ok_or_else(|| {
+            Error::VaultAddr(format!(
+                "{raw:?} is not an http:// or https:// URL, e.g. https://vault.vault.svc:8200"
+            ))
+        })?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(Error::VaultAddr(
+            "the URL must not carry credentials (user@host)".to_owned(),
+        ));
+    }
+    if authority.is_empty() || authority.starts_with(':') {
+        return Err(Error::VaultAddr(format!("{raw:?} has no host")));
+    }
+    if addr
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+    {
+        return Err(Error::VaultAddr(format!(
+            "{raw:?} contains whitespace, '?' or '#'"
+        )));
+    }
+    if let Some((_, port)) = authority.rsplit_once(':')
+        && !authority.ends_with(']')
+        && port.parse::<u16>().is_err()
+    {
+        return Err(Error::VaultAddr(format!("{raw:?} has an invalid port")));
+    }
+    Ok(addr.to_owned())
+}
+
+/// Reads a PEM bundle and checks that it holds at least one certificate rustls accepts
+/// as a trust anchor. Returns the text unchanged: the agents parse it again.
+fn read_ca(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadCa {
+        path: path.to_owned(),
+        source,
+    })?;
+    let bad = |problem: String| Error::BadCa {
+        path: path.to_owned(),
+        problem,
+    };
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(text.as_bytes()) {
+        let cert = cert.map_err(|e| bad(format!("is not valid PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("holds a certificate that does not parse: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("holds no PEM certificate".to_owned()));
+    }
+    Ok(text)
+}
