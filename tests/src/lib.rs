@@ -1,1 +1,115 @@
-//! Test harness.
+//! End-to-end harness for Sidekey: real OpenBao, real TLS, the real webhook and agent
+//! binaries, and pods run "as the kubelet would" in private mount namespaces.
+//!
+//! The only stand-in is the Kubernetes API server, reduced to the TokenReview endpoint
+//! OpenBao's kubernetes auth method calls ([`tokenreview`]). Everything else is the real
+//! thing, so a green run means the parts work together, not that mocks agree.
+//!
+//! Parts, in the order a run uses them:
+//! - [`bins`]: where the built binaries and the external tools are.
+//! - [`process`]: child processes with captured logs, bounded waits and cleanup.
+//! - [`tls`]: throwaway CAs and serving certificates, and clients that trust only them.
+//! - [`openbao`]: a `bao server -dev -dev-tls` per harness, plus CLI helpers.
+//! - [`tokenreview`]: the fake API server and the projected-token minter.
+//! - [`setup`]: the demo app's KV secret, policy and kubernetes auth role.
+//! - [`webhook`]: the webhook binary behind TLS, and `POST /mutate` over TLS.
+//! - [`review`]: a pod as the ReplicaSet controller creates it, its AdmissionReview,
+//!   and applying the returned patch.
+//! - [`podcheck`]: schema validation, API-server pod rules and Pod Security "restricted".
+//! - [`container`]: runs one container of a pod exactly as its spec says.
+//! - [`stack`]: all of the above wired together, as the tests and the demo use it.
+//!
+//! Needs root: containers run in mount and PID namespaces with `chroot`.
+
+pub mod bins;
+pub mod container;
+pub mod openbao;
+pub mod podcheck;
+pub mod process;
+pub mod review;
+pub mod rt;
+pub mod setup;
+pub mod stack;
+pub mod tls;
+pub mod tokenreview;
+pub mod webhook;
+
+use std::time::Duration;
+
+/// Why a harness step failed. Messages name the step so a red test says what broke.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or process operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something did not happen in time.
+    #[error("{what} did not happen within {after:?}")]
+    Timeout { what: String, after: Duration },
+    /// A step ran but its result is wrong; the message says what was expected.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Result of a harness step.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches a step description to an I/O error.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            what: what(),
+            source,
+        })
+    }
+}
+
+/// Shorthand for [`Error::Failed`].
+pub(crate) fn failed(msg: impl Into<String>) -> Error {
+    Error::Failed(msg.into())
+}
+
+/// Whether this process runs as root (needed for namespaces and tmpfs mounts).
+pub fn is_root() -> bool {
+    // /proc/self/status has "Uid:\treal\teffective\tsaved\tfs".
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|rest| rest.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A random lowercase alphanumeric string, for tokens, uids and name suffixes.
+pub fn random_id(len: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+/// A random RFC 4122 version-4 UUID, as Kubernetes uses for uids.
+pub fn random_uuid() -> String {
+    let b: [u8; 16] = rand::random();
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-4{}-{:x}{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[13..16],
+        (b[8] & 0x3) | 0x8,
+        &hex[17..20],
+        &hex[20..32]
+    )
+}
