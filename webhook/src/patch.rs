@@ -373,3 +373,397 @@ fn agent_container(name: &str, mode: &str, config_json: &str, settings: &PatchSe
         "terminationMessagePolicy": "FallbackToLogsOnError",
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> PatchSettings {
+        PatchSettings {
+            agent_image: "registry.example/sidekey/agent:1.2.3".into(),
+            defaults: Defaults {
+                vault_addr: "https://vault.vault.svc:8200".into(),
+                vault_ca_pem: Some("-----BEGIN CERTIFICATE-----\n...".into()),
+            },
+        }
+    }
+
+    /// An opted-in pod with the minimum of annotations and one container that has
+    /// neither volumes nor mounts.
+    fn pod() -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "generateName": "app-",
+                "namespace": "demo",
+                "annotations": {
+                    "sidekey.dev/inject": "true",
+                    "sidekey.dev/role": "app",
+                    "sidekey.dev/secret-db": "secret/data/db",
+                },
+            },
+            "spec": {
+                "containers": [{ "name": "app", "image": "nginx" }],
+            },
+        })
+    }
+
+    fn patch_of(pod: &Value) -> Patch {
+        match mutate(pod, &settings()) {
+            Decision::Patch(patch) => patch,
+            other => panic!("expected a patch, got {other:?}"),
+        }
+    }
+
+    fn patched(pod: &Value) -> Value {
+        let mut out = pod.clone();
+        json_patch::patch(&mut out, &patch_of(pod)).expect("the patch applies to its pod");
+        out
+    }
+
+    fn denial(pod: &Value) -> String {
+        match mutate(pod, &settings()) {
+            Decision::Deny(message) => message,
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    fn names(list: &Value) -> Vec<&str> {
+        list.as_array()
+            .expect("a list")
+            .iter()
+            .map(name_of)
+            .collect()
+    }
+
+    fn container<'a>(pod: &'a Value, list: &str, name: &str) -> &'a Value {
+        pod["spec"][list]
+            .as_array()
+            .and_then(|l| l.iter().find(|c| name_of(c) == name))
+            .unwrap_or_else(|| panic!("no {name} in spec.{list}"))
+    }
+
+    fn env<'a>(container: &'a Value, name: &str) -> &'a Value {
+        container["env"]
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["name"] == name))
+            .unwrap_or_else(|| panic!("no env {name}"))
+    }
+
+    #[test]
+    fn injects_into_a_pod_without_volumes_or_mounts() {
+        let out = patched(&pod());
+
+        assert_eq!(
+            names(&out["spec"]["volumes"]),
+            ["sidekey-secrets", "sidekey-state", "sidekey-token"]
+        );
+        assert_eq!(
+            out["spec"]["volumes"][0]["emptyDir"],
+            json!({ "medium": "Memory", "sizeLimit": layout::SECRETS_SIZE_LIMIT })
+        );
+        assert_eq!(
+            out["spec"]["volumes"][2]["projected"]["sources"][0]["serviceAccountToken"],
+            json!({ "audience": "vault", "expirationSeconds": 600, "path": "token" })
+        );
+        assert_eq!(
+            out["spec"]["containers"][0]["volumeMounts"],
+            json!([{ "name": "sidekey-secrets", "mountPath": "/vault/secrets", "readOnly": true }])
+        );
+        assert_eq!(names(&out["spec"]["initContainers"]), ["sidekey-init"]);
+        assert_eq!(names(&out["spec"]["containers"]), ["app", "sidekey-agent"]);
+        assert_eq!(
+            out["metadata"]["annotations"]["sidekey.dev/status"],
+            "injected"
+        );
+    }
+
+    #[test]
+    fn agent_containers_carry_the_config_and_run_the_right_mode() {
+        let out = patched(&pod());
+
+        for (list, name, mode) in [
+            ("initContainers", "sidekey-init", "init"),
+            ("containers", "sidekey-agent", "sidecar"),
+        ] {
+            let c = container(&out, list, name);
+            assert_eq!(c["image"], "registry.example/sidekey/agent:1.2.3");
+            assert_eq!(c["command"], json!(["/sidekey-agent"]));
+            assert_eq!(c["args"], json!([mode]));
+            let config = env(c, CONFIG_ENV)["value"].as_str().expect("a string");
+            let config = AgentConfig::from_json(config).expect("the agent reads it");
+            assert_eq!(config.auth.role, "app");
+            assert_eq!(config.vault.addr, "https://vault.vault.svc:8200");
+            assert!(config.vault.ca_pem.is_some());
+            assert_eq!(config.secrets[0].path, "secret/data/db");
+            assert_eq!(
+                env(c, POD_NAME_ENV)["valueFrom"]["fieldRef"]["fieldPath"],
+                "metadata.name"
+            );
+            assert_eq!(
+                env(c, POD_NAMESPACE_ENV)["valueFrom"]["fieldRef"]["fieldPath"],
+                "metadata.namespace"
+            );
+            let mounts = &c["volumeMounts"];
+            assert_eq!(
+                names(mounts),
+                ["sidekey-secrets", "sidekey-state", "sidekey-token"]
+            );
+            assert_eq!(mounts[0].get("readOnly"), None, "the agent writes secrets");
+            assert_eq!(mounts[1]["mountPath"], layout::STATE_MOUNT_PATH);
+            assert_eq!(mounts[2]["mountPath"], layout::TOKEN_MOUNT_PATH);
+            assert_eq!(mounts[2]["readOnly"], true);
+        }
+    }
+
+    #[test]
+    fn agent_containers_meet_the_restricted_pod_security_standard() {
+        let out = patched(&pod());
+
+        for c in [
+            container(&out, "initContainers", "sidekey-init"),
+            container(&out, "containers", "sidekey-agent"),
+        ] {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false);
+            assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+            assert_eq!(sc["runAsNonRoot"], true);
+            assert_eq!(sc["readOnlyRootFilesystem"], true);
+            assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+            assert_eq!(sc.get("runAsUser"), None, "the image's USER applies");
+            assert_eq!(sc.get("privileged"), None);
+            assert_eq!(c["resources"]["limits"].get("cpu"), None);
+            assert_eq!(c["resources"]["limits"]["memory"], "64Mi");
+            assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
+            assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+        }
+    }
+
+    #[test]
+    fn puts_the_init_container_before_the_users_and_leaves_theirs_alone() {
+        let mut pod = pod();
+        pod["spec"]["initContainers"] = json!([
+            { "name": "migrate", "image": "migrate" },
+            { "name": "warm", "image": "warm", "volumeMounts": [] },
+        ]);
+        let out = patched(&pod);
+
+        assert_eq!(
+            names(&out["spec"]["initContainers"]),
+            ["sidekey-init", "migrate", "warm"]
+        );
+        assert_eq!(out["spec"]["initContainers"][1].get("volumeMounts"), None);
+        assert_eq!(out["spec"]["initContainers"][2]["volumeMounts"], json!([]));
+    }
+
+    #[test]
+    fn appends_to_existing_volumes_and_mounts() {
+        let mut pod = pod();
+        pod["spec"]["volumes"] = json!([{ "name": "data", "emptyDir": {} }]);
+        pod["spec"]["containers"][0]["volumeMounts"] =
+            json!([{ "name": "data", "mountPath": "/data" }]);
+        let out = patched(&pod);
+
+        assert_eq!(
+            names(&out["spec"]["volumes"]),
+            ["data", "sidekey-secrets", "sidekey-state", "sidekey-token"]
+        );
+        assert_eq!(
+            names(&out["spec"]["containers"][0]["volumeMounts"]),
+            ["data", "sidekey-secrets"]
+        );
+    }
+
+    #[test]
+    fn mounts_the_secrets_read_only_in_every_app_container() {
+        let mut pod = pod();
+        pod["spec"]["containers"] = json!([
+            { "name": "web", "image": "web" },
+            { "name": "worker", "image": "worker", "volumeMounts": [{ "name": "x", "mountPath": "/x" }] },
+            { "name": "metrics", "image": "metrics", "volumeMounts": null },
+        ]);
+        pod["spec"]["volumes"] = json!([{ "name": "x", "emptyDir": {} }]);
+        let out = patched(&pod);
+
+        assert_eq!(
+            names(&out["spec"]["containers"]),
+            ["web", "worker", "metrics", "sidekey-agent"]
+        );
+        for name in ["web", "worker", "metrics"] {
+            let mounts = container(&out, "containers", name)["volumeMounts"]
+                .as_array()
+                .expect("mounts");
+            let ours = mounts.last().expect("a mount");
+            assert_eq!(ours["name"], "sidekey-secrets", "{name}");
+            assert_eq!(ours["mountPath"], "/vault/secrets", "{name}");
+            assert_eq!(ours["readOnly"], true, "{name}");
+        }
+    }
+
+    #[test]
+    fn feeding_the_output_back_yields_no_patch() {
+        let once = patched(&pod());
+        assert!(matches!(
+            mutate(&once, &settings()),
+            Decision::Skip(SkipReason::AlreadyInjected)
+        ));
+    }
+
+    #[test]
+    fn skips_a_pod_that_already_runs_an_agent_container() {
+        let mut pod = pod();
+        pod["spec"]["containers"]
+            .as_array_mut()
+            .expect("containers")
+            .push(json!({ "name": "sidekey-agent", "image": "x" }));
+        assert!(matches!(
+            mutate(&pod, &settings()),
+            Decision::Skip(SkipReason::AlreadyInjected)
+        ));
+    }
+
+    #[test]
+    fn skips_pods_that_did_not_opt_in() {
+        let mut pod = pod();
+        pod["metadata"]["annotations"]["sidekey.dev/inject"] = json!("false");
+        assert!(matches!(
+            mutate(&pod, &settings()),
+            Decision::Skip(SkipReason::NotOptedIn)
+        ));
+        let bare = json!({ "spec": { "containers": [{ "name": "app" }] } });
+        assert!(matches!(
+            mutate(&bare, &settings()),
+            Decision::Skip(SkipReason::NotOptedIn)
+        ));
+    }
+
+    #[test]
+    fn a_label_opt_in_without_annotations_is_denied_for_the_missing_role() {
+        let pod = json!({
+            "metadata": { "name": "app", "labels": { "sidekey.dev/inject": "true" } },
+            "spec": { "containers": [{ "name": "app" }] },
+        });
+        let message = denial(&pod);
+        assert!(
+            message.starts_with("annotation \"sidekey.dev/role\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn opted_in_by_label_with_annotations_elsewhere_is_injected() {
+        let mut pod = pod();
+        let annotations = pod["metadata"]["annotations"]
+            .as_object_mut()
+            .expect("annotations");
+        annotations.remove("sidekey.dev/inject");
+        pod["metadata"]["labels"] = json!({ "sidekey.dev/inject": "true" });
+        let out = patched(&pod);
+        assert_eq!(names(&out["spec"]["initContainers"]), ["sidekey-init"]);
+    }
+
+    #[test]
+    fn denies_an_unreadable_opt_in_value_naming_the_key() {
+        let mut pod = pod();
+        pod["metadata"]["annotations"]["sidekey.dev/inject"] = json!("yes");
+        assert!(denial(&pod).contains("sidekey.dev/inject"));
+    }
+
+    #[test]
+    fn denies_an_invalid_annotation_with_its_key() {
+        let mut pod = pod();
+        pod["metadata"]["annotations"]["sidekey.dev/secret-db"] = json!("secret/../db");
+        let message = denial(&pod);
+        assert!(
+            message.starts_with("annotation \"sidekey.dev/secret-db\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn denies_a_user_volume_with_a_reserved_name() {
+        let mut pod = pod();
+        pod["spec"]["volumes"] = json!([{ "name": "sidekey-token", "emptyDir": {} }]);
+        let message = denial(&pod);
+        assert!(message.contains("\"sidekey-token\""), "{message}");
+        assert!(message.contains("rename"), "{message}");
+    }
+
+    #[test]
+    fn denies_a_user_mount_at_the_secrets_path_naming_the_container() {
+        let mut pod = pod();
+        pod["spec"]["volumes"] = json!([{ "name": "mine", "emptyDir": {} }]);
+        pod["spec"]["containers"][0]["volumeMounts"] =
+            json!([{ "name": "mine", "mountPath": "/vault/secrets/" }]);
+        let message = denial(&pod);
+        assert!(message.contains("container \"app\""), "{message}");
+        assert!(message.contains("/vault/secrets"), "{message}");
+    }
+
+    #[test]
+    fn denies_a_user_mount_of_a_reserved_volume_in_an_init_container() {
+        let mut pod = pod();
+        pod["spec"]["initContainers"] = json!([{
+            "name": "peek",
+            "volumeMounts": [{ "name": "sidekey-state", "mountPath": "/peek" }],
+        }]);
+        let message = denial(&pod);
+        assert!(message.contains("init container \"peek\""), "{message}");
+        assert!(message.contains("\"sidekey-state\""), "{message}");
+    }
+
+    #[test]
+    fn denies_pods_of_the_wrong_shape_without_panicking() {
+        let mut numbers = pod();
+        numbers["metadata"]["annotations"]["x.io/count"] = json!(3);
+        assert!(denial(&numbers).contains("metadata.annotations"));
+
+        let mut containers = pod();
+        containers["spec"]["containers"] = json!({ "name": "app" });
+        assert!(denial(&containers).contains("spec.containers"));
+
+        let mut no_spec = pod();
+        no_spec.as_object_mut().expect("object").remove("spec");
+        assert!(denial(&no_spec).contains("spec"));
+
+        assert!(matches!(
+            mutate(&json!("not a pod"), &settings()),
+            Decision::Skip(SkipReason::NotOptedIn)
+        ));
+    }
+
+    #[test]
+    fn escapes_the_slash_of_the_status_annotation_key() {
+        let text = serde_json::to_string(&patch_of(&pod())).expect("serializes");
+        assert!(
+            text.contains(r#""path":"/metadata/annotations/sidekey.dev~1status""#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn creates_the_annotations_map_or_metadata_when_missing() {
+        let config = annotations::agent_config(
+            &BTreeMap::from([
+                ("sidekey.dev/role".to_owned(), "app".to_owned()),
+                ("sidekey.dev/secret-db".to_owned(), "secret/db".to_owned()),
+            ]),
+            &settings().defaults,
+        )
+        .expect("valid annotations");
+        for pod in [
+            json!({ "metadata": { "name": "a" }, "spec": { "containers": [] } }),
+            json!({ "spec": { "containers": [] } }),
+        ] {
+            let spec = pod["spec"].as_object().expect("spec");
+            let patch = build_patch(&pod, spec, &[], &config, &settings()).expect("builds");
+            let mut out = pod.clone();
+            json_patch::patch(&mut out, &patch).expect("applies");
+            assert_eq!(
+                out["metadata"]["annotations"],
+                json!({ "sidekey.dev/status": "injected" })
+            );
+        }
+    }
+}
