@@ -248,3 +248,59 @@ pub fn respond(review: &Review, decision: &Decision) -> Result<ReviewResponse> {
         response,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(kind: &str, operation: &str, sub_resource: Option<&str>) -> Request {
+        Request {
+            uid: "u".into(),
+            kind: GroupVersionKind {
+                group: if kind == "Deployment" { "apps" } else { "" }.into(),
+                version: "v1".into(),
+                kind: kind.into(),
+            },
+            sub_resource: sub_resource.map(str::to_owned),
+            name: None,
+            namespace: None,
+            operation: operation.into(),
+            object: None,
+        }
+    }
+
+    #[test]
+    fn only_a_pod_create_is_a_pod_create() {
+        assert!(request("Pod", "CREATE", None).is_pod_create());
+        assert!(request("Pod", "CREATE", Some("")).is_pod_create());
+        assert!(!request("Pod", "UPDATE", None).is_pod_create());
+        assert!(!request("Pod", "CREATE", Some("ephemeralcontainers")).is_pod_create());
+        assert!(!request("Deployment", "CREATE", None).is_pod_create());
+    }
+
+    #[test]
+    fn parse_errors_do_not_quote_the_body() {
+        let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","object":{"spec":{"containers":[{"env":[{"value":"hunter2"}]}]}},"operation":5}}"#;
+        let err = parse(body).expect_err("operation is not a string");
+        assert!(
+            matches!(
+                err,
+                Error::Json {
+                    category: "type",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn display_name_falls_back_to_generate_name() {
+        let mut r = request("Pod", "CREATE", None);
+        r.object = Some(serde_json::json!({ "metadata": { "generateName": "web-" } }));
+        assert_eq!(r.display_name(), "web-");
+        r.name = Some("web-1".into());
+        assert_eq!(r.display_name(), "web-1");
+    }
+}

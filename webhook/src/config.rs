@@ -199,3 +199,128 @@ fn read_ca(path: &Path) -> Result<String> {
     }
     Ok(text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(extra: &[&str]) -> std::result::Result<Cli, clap::Error> {
+        let base = [
+            "sidekey-webhook",
+            "--tls-cert",
+            "/tls/tls.crt",
+            "--tls-key",
+            "/tls/tls.key",
+        ];
+        Cli::try_parse_from(base.iter().chain(extra))
+    }
+
+    fn settings(extra: &[&str]) -> Result<Settings> {
+        cli(extra).expect("flags parse").validate()
+    }
+
+    #[test]
+    fn defaults_listen_and_the_agent_image_of_this_release() {
+        let s = settings(&["--vault-addr", "https://vault:8200/"]).expect("valid");
+        assert_eq!(s.listen, "0.0.0.0:8443".parse().expect("address"));
+        assert_eq!(
+            s.patch.agent_image,
+            format!("ghcr.io/sidekey/agent:{}", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(s.patch.defaults.vault_addr, "https://vault:8200");
+        assert_eq!(s.patch.defaults.vault_ca_pem, None);
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn accepts_http_and_https_vault_addresses() {
+        for addr in [
+            "http://127.0.0.1:8200",
+            "https://vault.vault.svc",
+            "https://[::1]:8200",
+            "https://vault.example/prefix",
+        ] {
+            let s = settings(&["--vault-addr", addr]).unwrap_or_else(|e| panic!("{addr}: {e}"));
+            assert_eq!(s.patch.defaults.vault_addr, addr);
+        }
+    }
+
+    #[test]
+    fn refuses_vault_addresses_that_are_not_http_urls_naming_the_flag() {
+        for addr in [
+            "vault:8200",
+            "ftp://vault",
+            "https://",
+            "https://:8200",
+            "https://vault:port",
+            "https://vault/a b",
+        ] {
+            let err = settings(&["--vault-addr", addr]).expect_err(addr);
+            assert!(matches!(err, Error::VaultAddr(_)), "{addr}: {err}");
+            assert!(err.to_string().starts_with("--vault-addr"), "{err}");
+        }
+    }
+
+    #[test]
+    fn refuses_credentials_in_the_vault_address_without_echoing_them() {
+        let err =
+            settings(&["--vault-addr", "https://user:hunter2@vault:8200"]).expect_err("refused");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn reads_the_vault_ca_bundle_and_refuses_non_certificates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = dir.path().join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["vault".to_owned()]).expect("cert");
+        std::fs::write(&good, cert.cert.pem()).expect("write");
+        let s = settings(&[
+            "--vault-addr",
+            "https://vault:8200",
+            "--vault-ca-file",
+            good.to_str().expect("utf-8"),
+        ])
+        .expect("valid");
+        assert_eq!(s.patch.defaults.vault_ca_pem, Some(cert.cert.pem()));
+
+        let key_only = dir.path().join("key.pem");
+        std::fs::write(&key_only, cert.signing_key.serialize_pem()).expect("write");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        for path in [&key_only, &garbage] {
+            let path = path.to_str().expect("utf-8");
+            let err =
+                settings(&["--vault-addr", "https://v", "--vault-ca-file", path]).expect_err(path);
+            assert!(matches!(err, Error::BadCa { .. }), "{path}: {err}");
+            assert!(err.to_string().contains("--vault-ca-file"), "{err}");
+            assert!(err.to_string().contains(path), "{err}");
+        }
+
+        let missing = dir.path().join("missing.pem");
+        let missing = missing.to_str().expect("utf-8");
+        let err = settings(&["--vault-addr", "https://v", "--vault-ca-file", missing])
+            .expect_err("missing file");
+        assert!(matches!(err, Error::ReadCa { .. }), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_name_the_flag() {
+        let err = cli(&["--vault-addr", "https://v", "--listen", "nowhere"]).expect_err("bad");
+        assert!(err.to_string().contains("--listen"), "{err}");
+        let err = cli(&["--vault-addr", "https://v", "--log-format", "xml"]).expect_err("bad");
+        assert!(err.to_string().contains("--log-format"), "{err}");
+        let err = cli(&[]).expect_err("vault address is required");
+        assert!(err.to_string().contains("--vault-addr"), "{err}");
+    }
+
+    #[test]
+    fn refuses_an_image_with_whitespace() {
+        let err =
+            settings(&["--vault-addr", "https://v", "--agent-image", "a b"]).expect_err("bad");
+        assert!(matches!(err, Error::AgentImage(_)), "{err}");
+    }
+}

@@ -242,3 +242,136 @@ fn certified_key(
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    struct Pair {
+        cert: String,
+        key: String,
+        der: CertificateDer<'static>,
+    }
+
+    fn pair(name: &str) -> Pair {
+        let c = rcgen::generate_simple_self_signed(vec![name.to_owned()]).expect("cert");
+        Pair {
+            cert: c.cert.pem(),
+            key: c.signing_key.serialize_pem(),
+            der: c.cert.der().clone(),
+        }
+    }
+
+    /// Lays out `dir` like a kubelet Secret volume: `tls.crt -> ..data/tls.crt`,
+    /// `..data -> ..<generation>`, and swaps `..data` atomically by rename.
+    fn publish(dir: &Path, generation: &str, cert: &str, key: &str) {
+        let generation_dir = dir.join(generation);
+        std::fs::create_dir(&generation_dir).expect("mkdir");
+        std::fs::write(generation_dir.join("tls.crt"), cert).expect("write");
+        std::fs::write(generation_dir.join("tls.key"), key).expect("write");
+        let tmp = dir.join("..data_tmp");
+        symlink(generation, &tmp).expect("symlink");
+        std::fs::rename(&tmp, dir.join("..data")).expect("swap");
+        for file in ["tls.crt", "tls.key"] {
+            let link = dir.join(file);
+            if !link.exists() {
+                symlink(format!("..data/{file}"), link).expect("symlink");
+            }
+        }
+    }
+
+    fn serving(reloader: &Reloader) -> CertificateDer<'static> {
+        reloader.resolver().current().cert[0].clone()
+    }
+
+    #[test]
+    fn reloads_after_a_kubelet_style_swap_and_keeps_the_old_pair_when_broken() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (pair("a"), pair("b"));
+        publish(dir.path(), "..gen1", &a.cert, &a.key);
+        let mut reloader = Reloader::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key"))
+            .expect("loads");
+        assert_eq!(serving(&reloader), a.der);
+        assert!(!reloader.poll().expect("unchanged"), "nothing changed yet");
+
+        publish(dir.path(), "..gen2", &b.cert, &b.key);
+        assert!(reloader.poll().expect("reloads"));
+        assert_eq!(serving(&reloader), b.der);
+
+        // Certificate of A with the key of B: refused once, B stays in use.
+        publish(dir.path(), "..gen3", &a.cert, &b.key);
+        let err = reloader.poll().expect_err("mismatched pair");
+        assert!(matches!(err, Error::Pair { .. }), "{err}");
+        assert_eq!(serving(&reloader), b.der);
+        assert!(!reloader.poll().expect("reported once"));
+
+        publish(dir.path(), "..gen4", &a.cert, &a.key);
+        assert!(reloader.poll().expect("reloads"));
+        assert_eq!(serving(&reloader), a.der);
+    }
+
+    #[test]
+    fn load_errors_name_the_file_and_never_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = pair("a");
+        let cert = dir.path().join("tls.crt");
+        let key = dir.path().join("tls.key");
+
+        std::fs::write(&cert, &a.cert).expect("write");
+        std::fs::write(&key, "not a key").expect("write");
+        let err = Reloader::load(&cert, &key).expect_err("no key");
+        assert!(err.to_string().starts_with("--tls-key"), "{err}");
+
+        std::fs::write(&cert, &a.key).expect("write");
+        std::fs::write(&key, &a.key).expect("write");
+        let err = Reloader::load(&cert, &key).expect_err("no certificate");
+        assert!(err.to_string().starts_with("--tls-cert"), "{err}");
+        let body: String = a.key.lines().nth(1).expect("a base64 line").to_owned();
+        assert!(!err.to_string().contains(&body), "{err}");
+        assert!(!format!("{err:?}").contains(&body), "{err:?}");
+
+        let err = Reloader::load(&dir.path().join("nope.crt"), &key).expect_err("missing");
+        assert!(matches!(err, Error::Read { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_watcher_picks_up_a_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (pair("a"), pair("b"));
+        publish(dir.path(), "..gen1", &a.cert, &a.key);
+        let reloader = Reloader::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key"))
+            .expect("loads");
+        let resolver = reloader.resolver();
+        let watcher = tokio::spawn(reloader.watch(Duration::from_millis(20)));
+
+        publish(dir.path(), "..gen2", &b.cert, &b.key);
+        let mut seen = false;
+        for _ in 0..250 {
+            if resolver.current().cert[0] == b.der {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        watcher.abort();
+        assert!(
+            seen,
+            "the watcher did not load the new certificate within 5 s"
+        );
+    }
+
+    #[test]
+    fn debug_output_elides_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = pair("a");
+        publish(dir.path(), "..gen1", &a.cert, &a.key);
+        let reloader = Reloader::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key"))
+            .expect("loads");
+        let body = a.key.lines().nth(1).expect("a base64 line");
+        let debug = format!("{reloader:?} {:?}", reloader.resolver());
+        assert!(!debug.contains(body), "{debug}");
+        assert!(!debug.contains("PRIVATE"), "{debug}");
+    }
+}
