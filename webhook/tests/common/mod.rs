@@ -1,0 +1,55 @@
+//! Shared setup of the webhook's integration tests.
+
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::Value;
+use sidekey_agent::contract::annotations::Defaults;
+use sidekey_webhook::patch::PatchSettings;
+
+pub const POD_CREATE: &str = include_str!("../data/pod-create.json");
+pub const POD_NOT_OPTED_IN: &str = include_str!("../data/pod-not-opted-in.json");
+pub const POD_BAD_ANNOTATION: &str = include_str!("../data/pod-bad-annotation.json");
+pub const DEPLOYMENT_CREATE: &str = include_str!("../data/deployment-create.json");
+
+/// Installs the process-wide rustls provider, as `main` does; later calls are no-ops.
+pub fn setup() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn settings() -> PatchSettings {
+    PatchSettings {
+        agent_image: "registry.example/sidekey/agent:test".into(),
+        defaults: Defaults {
+            vault_addr: "https://vault.vault.svc:8200".into(),
+            vault_ca_pem: None,
+        },
+    }
+}
+
+pub fn json(text: &str) -> Value {
+    serde_json::from_str(text).expect("fixture is JSON")
+}
+
+/// Decodes the base64 JSON patch of a review response and applies it to `object`.
+pub fn apply_response_patch(response: &Value, object: &Value) -> Value {
+    assert_eq!(response["response"]["patchType"], "JSONPatch", "{response}");
+    let encoded = response["response"]["patch"]
+        .as_str()
+        .expect("patch is a string");
+    let bytes = STANDARD.decode(encoded).expect("patch is standard base64");
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).expect("patch is a JSON patch");
+    let mut out = object.clone();
+    json_patch::patch(&mut out, &patch).expect("patch applies to the pod");
+    out
+}
+
+pub fn container_names(pod: &Value, list: &str) -> Vec<String> {
+    pod["spec"][list]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
