@@ -5,6 +5,7 @@
 //! `info`). Exit codes: 0 after a clean shutdown on SIGTERM or SIGINT, 1 when serving
 //! fails, 64 when the configuration is unusable.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -70,6 +71,7 @@ fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("SIDEKEY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

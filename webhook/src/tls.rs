@@ -29,9 +29,9 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file cannot be read.
-    #[error("cannot read {what} {path}")]
+    #[error("{flag} {path}: cannot read")]
     Read {
-        what: &'static str,
+        flag: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -205,14 +205,14 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn read_pair(cert_path: &Path, key_path: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
-    let read = |what, path: &Path| {
+    let read = |flag, path: &Path| {
         std::fs::read(path).map_err(|source| Error::Read {
-            what,
+            flag,
             path: path.to_owned(),
             source,
         })
     };
-    Ok((read("certificate", cert_path)?, read("key", key_path)?))
+    Ok((read("--tls-cert", cert_path)?, read("--tls-key", key_path)?))
 }
 
 fn certified_key(
