@@ -6,3 +6,5 @@
 #![forbid(unsafe_code)]
 
 pub mod contract;
+#[cfg(feature = "runtime")]
+pub mod notify;
