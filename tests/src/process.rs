@@ -245,10 +245,14 @@ pub fn run_with_stdin(
         stderr: std::fs::read(&err_path).unwrap_or_default(),
     };
     if !status.success() {
-        return Err(failed(format!(
-            "{what} failed ({status}): {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
+        // Some tools (kubernetes-validate) report on stdout; keep both.
+        let said = [&output.stderr, &output.stdout]
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Err(failed(format!("{what} failed ({status}): {said}")));
     }
     Ok(output)
 }

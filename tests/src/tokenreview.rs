@@ -258,6 +258,11 @@ impl TokenReviewApi {
         &self.shared.0.key
     }
 
+    /// A handle for minting tokens, independent of this value's lifetime.
+    pub fn minter(&self) -> Minter {
+        Minter(self.shared.clone())
+    }
+
     /// Mints a token for `sa` with `audience`, valid for `ttl`.
     pub fn mint_jwt(
         &self,
@@ -273,6 +278,24 @@ impl TokenReviewApi {
             uid: sa_uid.into(),
         };
         self.key().mint(&sa, None, audience, ttl)
+    }
+}
+
+/// A cheap handle that mints tokens the fake API server accepts; what a kubelet
+/// would use to fill projected token volumes.
+#[derive(Debug, Clone)]
+pub struct Minter(Arc<SharedDebug>);
+
+impl Minter {
+    /// See [`JwtKey::mint`].
+    pub fn mint(
+        &self,
+        sa: &ServiceAccount,
+        pod: Option<&BoundPod>,
+        audience: &str,
+        ttl: Duration,
+    ) -> Result<String> {
+        self.0.0.key.mint(sa, pod, audience, ttl)
     }
 }
 
