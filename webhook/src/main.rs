@@ -3,7 +3,7 @@
 //! Configuration comes from flags or their `SIDEKEY_*` variables (`--help` lists them).
 //! `SIDEKEY_LOG` sets the log filter (default `info`; an unparsable filter falls back to
 //! `info`). Exit codes: 0 after a clean shutdown on SIGTERM or SIGINT, 1 when serving
-//! fails, 64 when the configuration is unusable.
+//! fails or a second signal cuts the drain short, 64 when the configuration is unusable.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;

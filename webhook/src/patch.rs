@@ -35,6 +35,11 @@ pub const POD_NAME_ENV: &str = "SIDEKEY_POD_NAME";
 /// Downward-API variable carrying the pod's namespace, for the agent's log fields.
 pub const POD_NAMESPACE_ENV: &str = "SIDEKEY_POD_NAMESPACE";
 
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+const DEFAULT_GRACE_SECS: u64 = 30;
+/// Time the sidecar needs after its revoke delay to revoke its token and exit.
+const REVOKE_MARGIN_SECS: u64 = 5;
+
 /// Volume names the webhook adds; a pod that already uses one is refused.
 const RESERVED_VOLUMES: [&str; 3] = [
     layout::SECRETS_VOLUME,
@@ -117,6 +122,7 @@ fn decide(pod: &Value, settings: &PatchSettings) -> Result<Decision, String> {
 
     let config =
         annotations::agent_config(&annotations, &settings.defaults).map_err(|e| e.to_string())?;
+    check_revoke_delay(spec, &config)?;
     check_collisions(spec, containers, init_containers)?;
 
     let patch = build_patch(pod, spec, containers, &config, settings)?;
@@ -168,6 +174,31 @@ fn already_injected(
                 layout::INIT_CONTAINER | layout::SIDECAR_CONTAINER
             )
         })
+}
+
+/// Refuses a revoke delay the pod's grace period cannot cover: the kubelet would kill
+/// the sidecar before it revokes its token, leaving the credentials valid until their
+/// TTL. Only the webhook sees both numbers, so the check lives here.
+fn check_revoke_delay(spec: &Map<String, Value>, config: &AgentConfig) -> Result<(), String> {
+    if config.revoke_delay_secs == 0 {
+        return Ok(());
+    }
+    let grace = spec
+        .get("terminationGracePeriodSeconds")
+        .and_then(Value::as_u64)
+        .unwrap_or(DEFAULT_GRACE_SECS);
+    let needed = config.revoke_delay_secs + REVOKE_MARGIN_SECS;
+    if needed > grace {
+        return Err(format!(
+            "annotation \"{}{}\": a revoke delay of {}s needs terminationGracePeriodSeconds of \
+             at least {needed} (the delay plus {REVOKE_MARGIN_SECS}s to revoke), but the pod has \
+             {grace}: shorten the delay or raise the grace period",
+            annotations::PREFIX,
+            annotations::REVOKE_DELAY,
+            config.revoke_delay_secs,
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses pods whose own volumes or mounts would clash with the injected ones. Such a
@@ -731,6 +762,29 @@ mod tests {
             mutate(&json!("not a pod"), &settings()),
             Decision::Skip(SkipReason::NotOptedIn)
         ));
+    }
+
+    #[test]
+    fn denies_a_revoke_delay_the_grace_period_cannot_cover() {
+        let mut pod = pod();
+        pod["metadata"]["annotations"]["sidekey.dev/revoke-delay"] = json!("30s");
+        let message = denial(&pod);
+        assert!(
+            message.starts_with("annotation \"sidekey.dev/revoke-delay\""),
+            "{message}"
+        );
+        assert!(message.contains("at least 35"), "{message}");
+
+        pod["spec"]["terminationGracePeriodSeconds"] = json!(35);
+        let out = patched(&pod);
+        assert_eq!(names(&out["spec"]["initContainers"]), ["sidekey-init"]);
+
+        pod["metadata"]["annotations"]["sidekey.dev/revoke-delay"] = json!("20s");
+        pod["spec"]
+            .as_object_mut()
+            .expect("spec")
+            .remove("terminationGracePeriodSeconds");
+        patched(&pod);
     }
 
     #[test]
