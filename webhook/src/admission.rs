@@ -54,6 +54,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Review {
     /// The review's `apiVersion`, echoed in the response.
     pub api_version: String,
+    /// The request, with a non-empty uid.
     pub request: Request,
 }
 
@@ -73,6 +74,7 @@ pub struct Request {
     /// Object name; empty on CREATE with `generateName`.
     #[serde(default)]
     pub name: Option<String>,
+    /// Namespace of the object; absent for cluster-scoped kinds.
     #[serde(default)]
     pub namespace: Option<String>,
     /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
@@ -86,10 +88,13 @@ pub struct Request {
 /// A Kubernetes group/version/kind triple; the core group is the empty string.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 pub struct GroupVersionKind {
+    /// API group; `""` for the core group (pods).
     #[serde(default)]
     pub group: String,
+    /// API version within the group, e.g. `v1`.
     #[serde(default)]
     pub version: String,
+    /// Kind, e.g. `Pod`.
     #[serde(default)]
     pub kind: String,
 }
@@ -175,8 +180,11 @@ pub fn decide(request: &Request, settings: &PatchSettings) -> Decision {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReviewResponse {
+    /// The request's `apiVersion`.
     pub api_version: String,
+    /// Always `AdmissionReview`.
     pub kind: &'static str,
+    /// The answer.
     pub response: Response,
 }
 
@@ -184,14 +192,18 @@ pub struct ReviewResponse {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Response {
+    /// The request's `uid`; the API server matches the answer by it.
     pub uid: String,
+    /// Whether the object may be created.
     pub allowed: bool,
+    /// `JSONPatch` when [`Response::patch`] is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch_type: Option<&'static str>,
     /// Standard (not URL-safe) base64 of the JSON patch; the API server rejects other
     /// encodings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch: Option<String>,
+    /// Set on denial.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
 }
@@ -199,8 +211,11 @@ pub struct Response {
 /// Why a request was refused; `message` is shown to the user by the API server.
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// HTTP-style code; 403 for a denial.
     pub code: u16,
+    /// What the person creating the pod reads.
     pub message: String,
+    /// Machine-readable reason (`Forbidden`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
 }

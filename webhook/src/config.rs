@@ -37,7 +37,7 @@ pub struct Cli {
     /// PEM private key of --tls-cert; reloaded when the file changes.
     #[arg(long, env = "SIDEKEY_TLS_KEY", value_name = "FILE")]
     pub tls_key: PathBuf,
-    /// Vault address the injected agents use, e.g. https://vault.vault.svc:8200.
+    /// Vault address the injected agents use, as an http:// or https:// URL.
     #[arg(long, env = "SIDEKEY_VAULT_ADDR", value_name = "URL")]
     pub vault_addr: String,
     /// PEM bundle of CAs the agents trust for Vault's certificate (default: system roots).
@@ -64,9 +64,13 @@ pub enum LogFormat {
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Address the HTTPS server binds.
     pub listen: SocketAddr,
+    /// Serving certificate chain (PEM), watched for changes.
     pub tls_cert: PathBuf,
+    /// Serving private key (PEM), watched for changes.
     pub tls_key: PathBuf,
+    /// Format of the webhook's own logs.
     pub log_format: LogFormat,
     /// Everything the pure patch function needs.
     pub patch: PatchSettings,

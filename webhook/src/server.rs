@@ -38,6 +38,7 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// Shared state of the routes.
 #[derive(Debug, Clone)]
 pub struct AppState {
+    /// Settings of every patch, shared by all requests.
     pub settings: Arc<PatchSettings>,
 }
 
