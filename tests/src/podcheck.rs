@@ -47,8 +47,16 @@ pub fn schema(pod: &Value) -> Result<String> {
     let tool = bins::kubernetes_validate()?;
     let dir = tempfile::tempdir().ctx(|| "creating a temporary directory".into())?;
     let file = dir.path().join("pod.json");
+    // The tool needs metadata.name; a pod from generateName gets it from the API server
+    // only after admission, so validate it with the name it would get.
+    let mut pod = pod.clone();
+    if pod["metadata"]["name"].is_null()
+        && let Some(prefix) = pod["metadata"]["generateName"].as_str()
+    {
+        pod["metadata"]["name"] = Value::from(format!("{prefix}x7k2q"));
+    }
     let text =
-        serde_json::to_string_pretty(pod).map_err(|e| failed(format!("encoding the pod: {e}")))?;
+        serde_json::to_string_pretty(&pod).map_err(|e| failed(format!("encoding the pod: {e}")))?;
     std::fs::write(&file, text).ctx(|| format!("writing {}", file.display()))?;
 
     let mut cmd = std::process::Command::new(tool);
