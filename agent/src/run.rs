@@ -7,9 +7,12 @@
 //! - [`sidecar`]: render everything, then re-read each secret every `refresh_secs`,
 //!   rewriting a file only when its bytes change. On failure the last good file stays
 //!   and the read is retried with backoff. The token is renewed at about two thirds of
-//!   its TTL, and replaced by a new login when it cannot be renewed or is gone. When
-//!   the shutdown future completes (SIGTERM from the kubelet, see [`shutdown_signal`]),
-//!   the token is revoked within [`REVOKE_TIMEOUT`] and the sidecar returns.
+//!   its TTL, and replaced by a new login when it cannot be renewed or is gone. After a
+//!   file really changed, the app is told in the background if the secret has a
+//!   `notify` ([`notify::Dispatcher`]). When the shutdown future completes (SIGTERM
+//!   from the kubelet, see [`shutdown_signal`]), the sidecar waits `revoke_delay_secs`
+//!   (so the app can drain while its credentials still work), revokes the token within
+//!   [`REVOKE_TIMEOUT`] and returns.
 //!
 //! Log events carry `secret.name`, `secret.path`, `file` and `changed`; never a value,
 //! a token or the JWT.
@@ -22,13 +25,15 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     contract::config::{AgentConfig, AuthMethod, SecretSpec},
-    files, kv, render,
+    files, kv, notify, render,
     vault::{self, Client},
 };
 
 /// How long the sidecar tries to revoke its token on shutdown. Well under the default
 /// `terminationGracePeriodSeconds` of 30 s.
 pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long notifications in flight at shutdown may take to end.
+const NOTIFY_GRACE: Duration = Duration::from_secs(1);
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +109,9 @@ pub enum Error {
         #[source]
         source: files::Error,
     },
+    /// The notification machinery could not be set up.
+    #[error("setting up change notifications failed")]
+    Notify(#[source] notify::Error),
     /// Transient failures went on until the init deadline.
     #[error("gave up after the init deadline of {}s ({INIT_DEADLINE_ENV}); last failure", deadline.as_secs())]
     Deadline {
@@ -500,12 +508,29 @@ pub async fn sidecar(config: AgentConfig, shutdown: impl Future<Output = ()>) ->
         .collect();
     let mut login_backoff = Backoff::new();
     let mut login_retry_at: Option<Instant> = None;
+    // Only secrets with a `notify` need the dispatcher (and its HTTP client).
+    let notifier = if agent.config.secrets.iter().any(|s| s.notify.is_some()) {
+        let notifier = notify::Notifier::new().map_err(Error::Notify)?;
+        Some(notify::Dispatcher::new(
+            notifier,
+            notify::Backoff::default(),
+        ))
+    } else {
+        None
+    };
 
     tokio::pin!(shutdown);
     loop {
+        let round = sidecar_round(
+            &mut agent,
+            &mut due,
+            &mut login_backoff,
+            &mut login_retry_at,
+            notifier.as_ref(),
+        );
         let wake = tokio::select! {
             () = &mut shutdown => break,
-            wake = sidecar_round(&mut agent, &mut due, &mut login_backoff, &mut login_retry_at) => wake,
+            wake = round => wake,
         };
         tokio::select! {
             () = &mut shutdown => break,
@@ -513,7 +538,18 @@ pub async fn sidecar(config: AgentConfig, shutdown: impl Future<Output = ()>) ->
         }
     }
 
-    info!("shutting down");
+    let delay = Duration::from_secs(agent.config.revoke_delay_secs);
+    info!(revoke_delay_secs = delay.as_secs(), "shutting down");
+    if let Some(dispatcher) = &notifier
+        && !dispatcher.shutdown(NOTIFY_GRACE).await
+    {
+        warn!("notifications still running at shutdown were abandoned");
+    }
+    if !delay.is_zero() {
+        // The webhook checks that the pod's grace period covers this delay plus the
+        // revocation; the kubelet's SIGKILL bounds it in any case.
+        tokio::time::sleep(delay).await;
+    }
     agent.revoke().await;
     Ok(())
 }
@@ -525,6 +561,7 @@ async fn sidecar_round(
     due: &mut [Due],
     login_backoff: &mut Backoff,
     login_retry_at: &mut Option<Instant>,
+    notifier: Option<&notify::Dispatcher>,
 ) -> Instant {
     let now = Instant::now();
     if let Some(at) = *login_retry_at
@@ -557,7 +594,13 @@ async fn sidecar_round(
                 .max(1),
         );
         match agent.sync(index).await {
-            Ok(_) => {
+            Ok(outcome) => {
+                let spec = &agent.config.secrets[index];
+                if let (true, Some(spec_notify), Some(dispatcher)) =
+                    (outcome.changed(), &spec.notify, notifier)
+                {
+                    dispatcher.spawn_notify(&spec.name, spec_notify);
+                }
                 if slot.failing {
                     info!(secret.name = %agent.config.secrets[index].name, "secret readable again");
                 }

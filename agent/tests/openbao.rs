@@ -20,7 +20,7 @@ use std::{
 use base64::Engine;
 use serde_json::{Value, json};
 use sidekey_agent::contract::config::{
-    AgentConfig, AuthConfig, AuthMethod, DEFAULT_FILE_MODE, SecretSpec, VaultConfig,
+    AgentConfig, AuthConfig, AuthMethod, DEFAULT_FILE_MODE, Notify, SecretSpec, VaultConfig,
 };
 
 const NAMESPACE: &str = "demo";
@@ -590,9 +590,20 @@ fn sidecar_follows_changes_only_when_they_happen_and_revokes_its_token_on_sigter
     let bao = Bao::start();
     bao.ok(&["kv", "put", "secret/app", "password=value-one-x7"]);
     let work = tempfile::tempdir().unwrap();
-    let mut config = bao.config(work.path(), vec![secret("app", "secret/app", "app.json")]);
+    let marker = work.path().join("notified");
+    let mut spec = secret("app", "secret/app", "app.json");
+    spec.notify = Some(Notify::Command {
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("echo \"$SIDEKEY_SECRET_NAME\" >> {}", marker.display()),
+        ],
+    });
+    let mut config = bao.config(work.path(), vec![spec]);
     config.refresh_secs = 1;
+    config.revoke_delay_secs = 1;
     let file = work.path().join("secrets/app.json");
+    let notifications = || std::fs::read_to_string(&marker).unwrap_or_default();
 
     let mut child = agent("sidecar", &config).spawn().unwrap();
     let mut stderr_pipe = child.stderr.take().unwrap();
@@ -618,6 +629,11 @@ fn sidecar_follows_changes_only_when_they_happen_and_revokes_its_token_on_sigter
     }
 
     let live_accessors = bao.ok(&["list", "-format=json", "auth/token/accessors"]);
+    assert!(
+        wait_for(Duration::from_secs(5), || notifications() == "app\n"),
+        "the first render should notify once, got {:?}",
+        notifications()
+    );
 
     // Two refreshes of an unchanged secret leave the file alone.
     let inode = std::fs::metadata(&file).unwrap().ino();
@@ -658,7 +674,16 @@ fn sidecar_follows_changes_only_when_they_happen_and_revokes_its_token_on_sigter
         "the sidecar did not exit within 8s of SIGTERM; log:\n{log}"
     );
     assert!(status.success(), "exit status {status:?}; log:\n{log}");
-    assert!(started.elapsed() < Duration::from_secs(6));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(7),
+        "shutdown took {took:?} with a 1s revoke delay"
+    );
+    assert_eq!(
+        notifications(),
+        "app\napp\n",
+        "one notification per change; log:\n{log}"
+    );
 
     let accessors = field_values(&log, "token.accessor");
     assert_eq!(
