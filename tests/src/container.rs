@@ -140,10 +140,7 @@ impl PodRun {
             pod["metadata"]["uid"] = Value::from(crate::random_uuid());
         }
 
-        let dir = tempfile::Builder::new()
-            .prefix("sidekey-pod-")
-            .tempdir()
-            .ctx(|| "creating the pod directory".into())?;
+        let dir = crate::tempdir("pod-")?;
         // Other uids must reach the volumes for read_as_uid.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .ctx(|| "chmod pod directory".into())?;

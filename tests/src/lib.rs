@@ -18,11 +18,13 @@
 //! - [`podcheck`]: schema validation, API-server pod rules and Pod Security "restricted".
 //! - [`container`]: runs one container of a pod exactly as its spec says.
 //! - [`stack`]: all of the above wired together, as the tests and the demo use it.
+//! - [`demo`]: the `sidekey-demo` narration of the whole flow.
 //!
 //! Needs root: containers run in mount and PID namespaces with `chroot`.
 
 pub mod bins;
 pub mod container;
+pub mod demo;
 pub mod openbao;
 pub mod podcheck;
 pub mod process;
@@ -74,6 +76,41 @@ impl<T> IoContext<T> for std::io::Result<T> {
 /// Shorthand for [`Error::Failed`].
 pub(crate) fn failed(msg: impl Into<String>) -> Error {
     Error::Failed(msg.into())
+}
+
+/// Parent of every directory the harness creates: `<tmp>/sidekey-harness/<pid>`.
+///
+/// Servers shared by a test binary live in `static`s whose destructors never run, so
+/// their directories can't be removed by `Drop`. Instead, the first call in a process
+/// removes the directories of earlier processes that are no longer running.
+pub fn scratch_root() -> std::path::PathBuf {
+    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let parent = std::env::temp_dir().join("sidekey-harness");
+        if let Ok(entries) = std::fs::read_dir(&parent) {
+            for e in entries.flatten() {
+                let pid = e.file_name().to_string_lossy().into_owned();
+                let alive = std::path::Path::new("/proc").join(&pid).exists();
+                if pid.parse::<u32>().is_ok() && !alive {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let mine = parent.join(std::process::id().to_string());
+        // Failure surfaces at the first tempdir_in() with the path in the message.
+        let _ = std::fs::create_dir_all(&mine);
+        mine
+    })
+    .clone()
+}
+
+/// A new temporary directory under [`scratch_root`], removed on drop.
+pub(crate) fn tempdir(prefix: &str) -> Result<tempfile::TempDir> {
+    let root = scratch_root();
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&root)
+        .ctx(|| format!("creating a {prefix}* directory in {}", root.display()))
 }
 
 /// Whether this process runs as root (needed for namespaces and tmpfs mounts).

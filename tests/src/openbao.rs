@@ -36,10 +36,7 @@ impl OpenBao {
     /// answering (bounded by 30 s).
     pub fn start() -> Result<OpenBao> {
         let bao = bins::bao()?;
-        let dir = tempfile::Builder::new()
-            .prefix("sidekey-openbao-")
-            .tempdir()
-            .ctx(|| "creating OpenBao directory".into())?;
+        let dir = crate::tempdir("openbao-")?;
         let certs = dir.path().join("certs");
         std::fs::create_dir(&certs).ctx(|| "creating OpenBao cert directory".into())?;
         let audit_log = dir.path().join("audit.log");

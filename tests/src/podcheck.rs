@@ -63,7 +63,9 @@ pub fn schema(pod: &Value) -> Result<String> {
     cmd.arg("--strict").arg(&file);
     match process::run("kubernetes-validate", cmd, Duration::from_secs(60)) {
         Ok(out) => {
-            let report = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            let report = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .replace(&file.display().to_string(), "pod.json");
             if report.contains("ERROR") {
                 Err(failed(format!("kubernetes-validate: {report}")))
             } else {

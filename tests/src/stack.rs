@@ -129,3 +129,13 @@ impl Stack {
 pub const INIT_LIMIT: Duration = Duration::from_secs(30);
 /// Grace period after SIGTERM (the pod default is 30 s; the agent should need ~1 s).
 pub const TERM_GRACE: Duration = Duration::from_secs(10);
+
+/// The token accessor an agent logged at login (`token.accessor=...` in its text log).
+/// An accessor identifies a token without granting anything, so logging it is safe.
+pub fn logged_accessor(logs: &str) -> Option<String> {
+    let at = logs.find("token.accessor=")? + "token.accessor=".len();
+    let rest = &logs[at..];
+    let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+    let a = rest[..end].trim_matches('"');
+    (!a.is_empty()).then(|| a.to_owned())
+}

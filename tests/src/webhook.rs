@@ -37,10 +37,7 @@ impl Webhook {
     /// `vault_ca_file`, and waits for `/healthz` over TLS.
     pub fn start(vault_addr: &str, vault_ca_file: &Path) -> Result<Webhook> {
         let binary = bins::webhook()?;
-        let dir = tempfile::Builder::new()
-            .prefix("sidekey-webhook-")
-            .tempdir()
-            .ctx(|| "creating webhook directory".into())?;
+        let dir = crate::tempdir("webhook-")?;
         let cert = ServingCert::generate("sidekey-test-webhook-ca", &["127.0.0.1", "localhost"])?;
         let files = cert.write(dir.path())?;
         let port = process::free_port()?;

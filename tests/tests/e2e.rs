@@ -58,14 +58,6 @@ fn assert_no_leak(what: &str, text: &str, secrets: &[String]) {
     }
 }
 
-fn accessor_in(logs: &str) -> Option<String> {
-    let at = logs.find("token.accessor=")? + "token.accessor=".len();
-    let rest = &logs[at..];
-    let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-    let a = rest[..end].trim_matches('"');
-    (!a.is_empty()).then(|| a.to_owned())
-}
-
 #[test]
 fn annotated_pod_gets_an_agent_that_renders_refreshes_and_revokes() {
     require_root();
@@ -152,7 +144,7 @@ fn annotated_pod_gets_an_agent_that_renders_refreshes_and_revokes() {
 
     // SIGTERM: the sidecar revokes its token and exits 0.
     let logs_before = sidecar.output();
-    let accessor = accessor_in(&logs_before)
+    let accessor = sidekey_tests::stack::logged_accessor(&logs_before)
         .unwrap_or_else(|| panic!("the sidecar logged no token.accessor at login\n{logs_before}"));
     assert!(
         ok(stack.bao.accessor_valid(&accessor)),
