@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::process::{self, Process};
 use crate::tls::ServingCert;
-use crate::{IoContext, Result, bins, failed};
+use crate::{Result, bins, failed};
 
 /// How long the webhook may take to answer `/healthz`.
 const START_LIMIT: Duration = Duration::from_secs(20);
