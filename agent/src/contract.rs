@@ -12,3 +12,4 @@ pub mod annotations;
 pub mod config;
 pub mod duration;
 pub mod layout;
+pub mod quantity;

@@ -57,17 +57,33 @@ pub struct AgentConfig {
 }
 
 /// How to reach Vault.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Trust: the agent trusts the certificates of [`VaultConfig::ca_pem`] and of
+/// [`VaultConfig::ca_file`] together; only when both are `None` does it use the system
+/// roots. The webhook never sets both (a pod's `ca-cert` replaces the webhook's CA).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultConfig {
-    /// Base address, e.g. `https://vault.vault.svc:8200`.
+    /// Base address, e.g. `https://vault.vault.svc:8200`: the pod's `vault-addr`
+    /// annotation, else the webhook's `--vault-addr`. No trailing slash.
     pub addr: String,
-    /// PEM bundle of CAs to trust for Vault's certificate. `None`: the system roots.
+    /// PEM bundle of CAs to trust for Vault's certificate. `None`: see the type docs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_pem: Option<String>,
-    /// Vault namespace sent as `X-Vault-Namespace`.
+    /// Vault namespace sent as `X-Vault-Namespace` on every request, login included
+    /// (`vault-namespace` annotation). Without slashes at either end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Name to verify Vault's certificate against (and send as SNI) instead of the host
+    /// of [`VaultConfig::addr`] (`tls-server-name` annotation). A DNS name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
+    /// Absolute path, inside the agent container, of a PEM CA bundle to trust for
+    /// Vault's certificate (`ca-cert` annotation). The webhook mounts the user's Secret
+    /// or ConfigMap key read-only under [`layout::CA_MOUNT_PATH`]. The agent reads it at
+    /// start; a missing or unparsable file is a configuration error (exit 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
 }
 
 /// How the agent logs in.
@@ -85,10 +101,18 @@ pub struct AuthConfig {
     pub jwt_path: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The Vault auth method the agent logs in with. Both send the projected
+/// service-account token of [`AuthConfig::jwt_path`]; they differ in the login body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMethod {
+    /// `POST /v1/<mount_path>/login` with `{"role": ..., "jwt": ...}` of the Kubernetes
+    /// auth method (Vault asks the cluster's TokenReview API about the token).
+    #[default]
     Kubernetes,
+    /// `POST /v1/<mount_path>/login` with `{"role": ..., "jwt": ...}` of the JWT/OIDC
+    /// auth method (Vault checks the token's signature itself, against the cluster's
+    /// JWKS or OIDC discovery). Default mount path then `auth/jwt`.
     Jwt,
 }
 
@@ -100,17 +124,74 @@ pub struct SecretSpec {
     pub name: String,
     /// Vault path to read, as written by the user (`secret/data/app` or `secret/app`).
     pub path: String,
-    /// File name relative to `secrets_dir`. Validated by the webhook never to escape
-    /// it; the agent checks again before writing.
+    /// File name relative to `secrets_dir`: `<name>`, or the `file-<name>` annotation,
+    /// which may be a sub-path such as `db/config.json`. Validated by the webhook
+    /// ([`check_relative_file`], and no file is another's directory) never to escape
+    /// it; the agent checks again, creates missing parent directories (mode 0755) and
+    /// writes the file atomically inside them.
     pub file: String,
-    /// File mode (permission bits only).
+    /// File mode, permission bits only, always including owner read (`perms-<name>`,
+    /// default [`DEFAULT_FILE_MODE`]). The file belongs to the agent's user: a mode
+    /// without read for others is readable by the app only when it runs as that user
+    /// or shares its group.
     pub mode: u32,
+    /// How the secret's data becomes the file's bytes (`format-<name>`).
+    #[serde(default, skip_serializing_if = "Format::is_default")]
+    pub format: Format,
     /// Per-secret refresh override, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_secs: Option<u64>,
     /// How to tell the app, once, after each real change of this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Notify>,
+}
+
+impl SecretSpec {
+    /// A secret rendered to the file `name`, with the default mode and format and no
+    /// per-secret refresh or notification.
+    pub fn new(name: impl Into<String>, path: impl Into<String>) -> Self {
+        let name = name.into();
+        SecretSpec {
+            file: name.clone(),
+            name,
+            path: path.into(),
+            mode: DEFAULT_FILE_MODE,
+            format: Format::default(),
+            refresh_secs: None,
+            notify: None,
+        }
+    }
+}
+
+/// How a secret's data (the key/value map of a KV secret, or the `data` of any other
+/// read) is written to its file. Keys are written in sorted order so the bytes only
+/// change when the data does.
+///
+/// Serialized as `"json"`, `"yaml"`, `"dotenv"`, `"properties"` or `{"key": "<key>"}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Format {
+    /// A JSON object of the data, with a trailing newline.
+    #[default]
+    Json,
+    /// A YAML mapping of the data.
+    Yaml,
+    /// `KEY=value` lines, values double-quoted with `\`, `"`, `$`, `` ` `` and newlines
+    /// escaped, for `source`/`--env-file`-style loaders. Keys that are not shell
+    /// identifiers are a render error naming the key (never the value).
+    Dotenv,
+    /// Java `.properties` lines `key=value`, escaped per `java.util.Properties`.
+    Properties,
+    /// The raw value of this one key, with no trailing newline added (a string as is;
+    /// any other JSON value as compact JSON). A missing key is a render error naming it.
+    Key(String),
+}
+
+impl Format {
+    /// Whether this is [`Format::Json`], the default (left out of the JSON).
+    pub fn is_default(&self) -> bool {
+        *self == Format::Json
+    }
 }
 
 /// A notification sent after a rendered file really changed, once the file is complete.
@@ -218,12 +299,72 @@ impl AgentConfig {
                     s.name, s.mode
                 )));
             }
+            if s.mode & 0o400 == 0 {
+                return Err(Error::Unusable(format!(
+                    "secret {:?}: mode {:04o} does not let the owner read the file",
+                    s.name, s.mode
+                )));
+            }
+        }
+        if let Some((file, dir)) = file_under_file(self.secrets.iter().map(|s| s.file.as_str())) {
+            return Err(Error::Unusable(format!(
+                "file {file:?} would have to be a directory for {dir:?}"
+            )));
         }
         if self.vault.addr.is_empty() {
             return Err(Error::Unusable("vault.addr is empty".into()));
         }
         Ok(())
     }
+}
+
+/// The first pair `(a, b)` of files where `b` lies under `a` (`a` = `db`,
+/// `b` = `db/extra`): both cannot exist, since `a` would have to be a directory.
+pub fn file_under_file<'a>(files: impl IntoIterator<Item = &'a str>) -> Option<(&'a str, &'a str)> {
+    let files: std::collections::BTreeSet<&str> = files.into_iter().collect();
+    for b in &files {
+        let mut prefix = *b;
+        while let Some((parent, _)) = prefix.rsplit_once('/') {
+            if files.contains(parent) {
+                return Some((parent, b));
+            }
+            prefix = parent;
+        }
+    }
+    None
+}
+
+/// Checks a Vault address: `http://host[:port][/path]` or `https://…`, without user
+/// info (it would land in every pod's environment), query or fragment. Returns it
+/// without a trailing slash, or why not (never echoing user info).
+pub fn check_vault_addr(raw: &str) -> Result<String, String> {
+    let addr = raw.trim().trim_end_matches('/');
+    let rest = addr
+        .strip_prefix("https://")
+        .or_else(|| addr.strip_prefix("http://"))
+        .ok_or_else(|| {
+            format!("{raw:?} is not an http:// or https:// URL, e.g. https://vault.vault.svc:8200")
+        })?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err("the URL must not carry credentials (user@host)".to_owned());
+    }
+    if authority.is_empty() || authority.starts_with(':') {
+        return Err(format!("{raw:?} has no host"));
+    }
+    if addr
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+    {
+        return Err(format!("{raw:?} contains whitespace, '?' or '#'"));
+    }
+    if let Some((_, port)) = authority.rsplit_once(':')
+        && !authority.ends_with(']')
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("{raw:?} has an invalid port"));
+    }
+    Ok(addr.to_owned())
 }
 
 /// Checks that `file` is a relative path that stays inside the directory it is joined
@@ -256,8 +397,7 @@ mod tests {
         let mut c = AgentConfig::new(
             VaultConfig {
                 addr: "https://vault:8200".into(),
-                ca_pem: None,
-                namespace: None,
+                ..VaultConfig::default()
             },
             AuthConfig {
                 method: AuthMethod::Kubernetes,
@@ -267,15 +407,11 @@ mod tests {
             },
         );
         c.secrets.push(SecretSpec {
-            name: "db".into(),
-            path: "secret/data/db".into(),
-            file: "db".into(),
-            mode: DEFAULT_FILE_MODE,
-            refresh_secs: None,
             notify: Some(Notify::Signal {
                 signal: "SIGHUP".into(),
                 process: "nginx".into(),
             }),
+            ..SecretSpec::new("db", "secret/data/db")
         });
         c
     }
@@ -337,5 +473,66 @@ mod tests {
         let mut c = sample();
         c.secrets[0].file = "sub/dir/file.txt".into();
         assert!(AgentConfig::from_json(&c.to_json()).is_ok());
+    }
+
+    #[test]
+    fn new_fields_round_trip_and_old_documents_still_read() {
+        let mut c = sample();
+        c.vault.tls_server_name = Some("vault.internal".into());
+        c.vault.ca_file = Some(format!("{}/ca.crt", layout::CA_MOUNT_PATH));
+        c.auth.method = AuthMethod::Jwt;
+        c.secrets[0].format = Format::Key("password".into());
+        c.secrets[0].mode = 0o440;
+        let text = c.to_json();
+        assert!(text.contains(r#""format":{"key":"password"}"#), "{text}");
+        assert_eq!(AgentConfig::from_json(&text).unwrap(), c);
+
+        // A version 1 document written before these fields existed.
+        let old = r#"{"version":1,"vault":{"addr":"https://v"},"auth":{"method":"kubernetes",
+            "mount_path":"auth/kubernetes","role":"r","jwt_path":"/t"},"secrets_dir":"/s",
+            "state_dir":"/st","refresh_secs":300,"secrets":[{"name":"db","path":"p",
+            "file":"db","mode":420}]}"#;
+        let read = AgentConfig::from_json(old).unwrap();
+        assert_eq!(read.secrets[0].format, Format::Json);
+        assert_eq!(read.vault.ca_file, None);
+        // The default format is left out, so documents stay as they were.
+        assert!(!sample().to_json().contains("format"));
+    }
+
+    #[test]
+    fn refuses_modes_without_owner_read_and_files_under_files() {
+        let mut c = sample();
+        c.secrets[0].mode = 0o044;
+        assert!(matches!(
+            AgentConfig::from_json(&c.to_json()),
+            Err(Error::Unusable(m)) if m.contains("owner read")
+        ));
+        let mut c = sample();
+        c.secrets.push(SecretSpec {
+            file: "db/extra".into(),
+            ..SecretSpec::new("extra", "secret/data/extra")
+        });
+        assert!(matches!(
+            AgentConfig::from_json(&c.to_json()),
+            Err(Error::Unusable(m)) if m.contains("directory")
+        ));
+    }
+
+    #[test]
+    fn vault_addresses_are_http_urls_without_credentials() {
+        assert_eq!(
+            check_vault_addr("https://v:8200/").unwrap(),
+            "https://v:8200"
+        );
+        for bad in [
+            "v:8200",
+            "https://",
+            "https://u:hunter2@v",
+            "https://v:x",
+            "https://v/a b",
+        ] {
+            let e = check_vault_addr(bad).unwrap_err();
+            assert!(!e.contains("hunter2"), "{e}");
+        }
     }
 }
