@@ -365,7 +365,7 @@ impl Agent {
             }
         })?;
 
-        let bytes = render::json(resp.data.expose()).map_err(|source| Error::Render {
+        let bytes = render::render(&spec.format, resp.data.expose()).map_err(|source| Error::Render {
             name: spec.name.clone(),
             source,
         })?;

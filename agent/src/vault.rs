@@ -37,8 +37,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why a Vault call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// `vault.ca_pem` holds no usable PEM certificate.
-    #[error("vault.ca_pem is not usable: {0}")]
+    /// `vault.ca_pem` or `vault.ca_file` holds no usable PEM certificate, or the file
+    /// cannot be read. The message names which.
+    #[error("the Vault CA bundle is not usable: {0}")]
     CaPem(String),
     /// `vault.addr` is not an `http(s)://host[:port]` URL.
     #[error("vault.addr {addr:?} is not a usable URL: {reason}")]
@@ -215,7 +216,7 @@ impl Client {
     /// crypto provider to be installed.
     pub fn new(config: &VaultConfig) -> Result<Self> {
         let addr = config.addr.trim_end_matches('/').to_owned();
-        let base = parse_addr(&addr)?;
+        let mut base = parse_addr(&addr)?;
 
         // reqwest is built without a default crypto provider and panics without one.
         // `main` installs ring first; this makes the library safe to use on its own
@@ -230,8 +231,36 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(1)
             .user_agent(concat!("sidekey-agent/", env!("CARGO_PKG_VERSION")));
+        // Both sources are trusted together; the system roots only without either.
+        let mut roots = Vec::new();
         if let Some(pem) = &config.ca_pem {
-            builder = builder.tls_certs_only(parse_ca_pem(pem)?);
+            roots.extend(parse_ca_pem(pem, "vault.ca_pem")?);
+        }
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| Error::CaPem(format!("vault.ca_file {path}: cannot be read: {e}")))?;
+            roots.extend(parse_ca_pem(&pem, &format!("vault.ca_file {path}"))?);
+        }
+        if !roots.is_empty() {
+            builder = builder.tls_certs_only(roots);
+        }
+        if let Some(name) = config.tls_server_name.as_deref().filter(|n| !n.is_empty()) {
+            // Verify the certificate against `name` (and send it as SNI) while still
+            // connecting to the configured host: the URL carries `name`, and the
+            // resolver maps it back to the real host at every connection.
+            let real_host = base
+                .host_str()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_owned();
+            base.set_host(Some(name)).map_err(|e| Error::Addr {
+                addr: addr.clone(),
+                reason: format!("vault.tls_server_name {name:?} is not a host name: {e}"),
+            })?;
+            builder = builder.dns_resolver(std::sync::Arc::new(ServerNameResolver {
+                server_name: name.to_ascii_lowercase(),
+                real_host,
+            }));
         }
         let http = builder.build().map_err(Error::Build)?;
 
@@ -534,27 +563,55 @@ impl Client {
 
 /// The CA certificates in a PEM bundle, each checked to be a usable trust anchor, so a
 /// broken bundle is reported as such (exit 64) and not as a TLS failure later.
-fn parse_ca_pem(pem: &str) -> Result<Vec<reqwest::Certificate>> {
+fn parse_ca_pem(pem: &str, source: &str) -> Result<Vec<reqwest::Certificate>> {
     use rustls_pki_types::{CertificateDer, pem::PemObject};
     let mut certs = Vec::new();
     for (n, der) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
         let der = der.map_err(|e| {
-            Error::CaPem(format!("PEM certificate #{} cannot be decoded: {e}", n + 1))
+            Error::CaPem(format!(
+                "{source}: PEM certificate #{} cannot be decoded: {e}",
+                n + 1
+            ))
         })?;
         rustls::RootCertStore::empty()
             .add(der.clone())
             .map_err(|e| {
                 Error::CaPem(format!(
-                    "certificate #{} is not a usable CA certificate: {e}",
+                    "{source}: certificate #{} is not a usable CA certificate: {e}",
                     n + 1
                 ))
             })?;
         certs.push(reqwest::Certificate::from_der(&der).map_err(Error::Build)?);
     }
     if certs.is_empty() {
-        return Err(Error::CaPem("it contains no PEM certificate".into()));
+        return Err(Error::CaPem(format!(
+            "{source} contains no PEM certificate"
+        )));
     }
     Ok(certs)
+}
+
+/// Resolves `vault.tls_server_name` to the address of the host in `vault.addr`, and
+/// every other name normally.
+struct ServerNameResolver {
+    server_name: String,
+    real_host: String,
+}
+
+impl reqwest::dns::Resolve for ServerNameResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = if name.as_str().eq_ignore_ascii_case(&self.server_name) {
+            self.real_host.clone()
+        } else {
+            name.as_str().to_owned()
+        };
+        Box::pin(async move {
+            // Port 0: the connector fills in the URL's port.
+            let addrs = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let addrs: Vec<std::net::SocketAddr> = addrs.collect();
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 fn parse_addr(addr: &str) -> Result<Url> {
@@ -702,6 +759,7 @@ mod tests {
             addr: "http://127.0.0.1:1".into(),
             ca_pem: None,
             namespace: Some("team-a".into()),
+            ..Default::default()
         })
         .unwrap();
         client.set_token(&SecretString::from("s.anothersecret"));
@@ -715,6 +773,7 @@ mod tests {
             addr: "https://vault.example:8200/".into(),
             ca_pem: None,
             namespace: None,
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(
@@ -734,6 +793,7 @@ mod tests {
                 addr: addr.into(),
                 ca_pem: None,
                 namespace: None,
+                ..Default::default()
             })
             .unwrap_err();
             assert!(matches!(err, Error::Addr { .. }), "{addr:?}: {err}");
@@ -742,6 +802,7 @@ mod tests {
             addr: "https://vault:8200".into(),
             ca_pem: Some("not a certificate".into()),
             namespace: None,
+            ..Default::default()
         })
         .unwrap_err();
         assert!(matches!(err, Error::CaPem(_)), "{err}");

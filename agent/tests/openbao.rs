@@ -147,6 +147,10 @@ impl Drop for Bao {
 
 impl Bao {
     fn start() -> Bao {
+        Bao::start_attempt(1)
+    }
+
+    fn start_attempt(attempt: u32) -> Bao {
         let bin = bao_path();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -172,7 +176,7 @@ impl Bao {
             .stderr(log)
             .spawn()
             .unwrap();
-        let bao = Bao {
+        let mut bao = Bao {
             child,
             bin,
             addr,
@@ -184,10 +188,20 @@ impl Bao {
             if bao.ca_path().is_file() && bao.cli(&["status"]).status.success() {
                 break;
             }
+            let log =
+                || std::fs::read_to_string(bao.dir.path().join("server.log")).unwrap_or_default();
+            // The port was free when picked; another process may have taken it since.
+            if attempt < 3
+                && bao.child.try_wait().unwrap().is_some()
+                && log().contains("address already in use")
+            {
+                drop(bao);
+                return Bao::start_attempt(attempt + 1);
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(30),
                 "OpenBao did not start; its log:\n{}",
-                std::fs::read_to_string(bao.dir.path().join("server.log")).unwrap_or_default()
+                log()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -293,6 +307,7 @@ impl Bao {
                 addr: self.addr.clone(),
                 ca_pem: Some(std::fs::read_to_string(self.ca_path()).unwrap()),
                 namespace: None,
+                ..Default::default()
             },
             AuthConfig {
                 method: AuthMethod::Kubernetes,
@@ -316,6 +331,7 @@ fn secret(name: &str, path: &str, file: &str) -> SecretSpec {
         path: path.into(),
         file: file.into(),
         mode: DEFAULT_FILE_MODE,
+        format: Default::default(),
         refresh_secs: None,
         notify: None,
     }
@@ -494,6 +510,7 @@ fn init_gives_up_on_an_address_where_nothing_listens_within_its_deadline() {
             addr: format!("https://127.0.0.1:{port}"),
             ca_pem: None,
             namespace: None,
+            ..Default::default()
         },
         AuthConfig {
             method: AuthMethod::Kubernetes,
@@ -547,6 +564,7 @@ fn a_missing_or_broken_configuration_exits_64_naming_the_variable() {
                     .into(),
             ),
             namespace: None,
+            ..Default::default()
         },
         AuthConfig {
             method: AuthMethod::Kubernetes,
@@ -713,5 +731,35 @@ fn sidecar_follows_changes_only_when_they_happen_and_revokes_its_token_on_sigter
     assert!(
         !log.contains("value-one-x7") && !log.contains("value-two-x7"),
         "a secret value is in the log"
+    );
+}
+
+#[test]
+fn a_ca_file_and_tls_server_name_are_honoured_and_a_name_mismatch_is_named() {
+    let bao = Bao::start();
+    bao.ok(&["kv", "put", "secret/app", "user=app"]);
+    let work = tempfile::tempdir().unwrap();
+    let mut config = bao.config(work.path(), vec![secret("app", "secret/app", "app.json")]);
+    config.vault.ca_pem = None;
+    config.vault.ca_file = Some(bao.ca_path().display().to_string());
+    // The dev certificate is issued for localhost; the address stays an IP.
+    config.vault.tls_server_name = Some("localhost".into());
+
+    let mut cmd = agent("init", &config);
+    cmd.env("SIDEKEY_INIT_DEADLINE", "30s");
+    let (out, _) = run_bounded(cmd, Duration::from_secs(40));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(work.path().join("secrets/app.json").is_file());
+
+    config.vault.tls_server_name = Some("vault.wrong.example".into());
+    let mut cmd = agent("init", &config);
+    cmd.env("SIDEKEY_INIT_DEADLINE", "60s");
+    let (out, took) = run_bounded(cmd, Duration::from_secs(70));
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("does not match the host name"), "{log}");
+    assert!(
+        took < Duration::from_secs(15),
+        "a name mismatch is not retried: {took:?}"
     );
 }
