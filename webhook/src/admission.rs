@@ -164,11 +164,33 @@ impl Request {
     }
 }
 
-/// Decides on a review: only Pod CREATE goes to [`patch::mutate`], anything else is
-/// admitted unchanged.
+impl Request {
+    /// The namespace of the request, else of the object (the API server always sets
+    /// the former for a namespaced kind).
+    pub fn target_namespace(&self) -> &str {
+        match self.namespace.as_deref() {
+            Some(ns) if !ns.is_empty() => ns,
+            _ => self
+                .object
+                .as_ref()
+                .and_then(|o| o.pointer("/metadata/namespace"))
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+        }
+    }
+}
+
+/// Decides on a review: only Pod CREATE outside the excluded namespaces goes to
+/// [`patch::mutate`], anything else is admitted unchanged.
 pub fn decide(request: &Request, settings: &PatchSettings) -> Decision {
     if !request.is_pod_create() {
         return Decision::Skip(SkipReason::NotPodCreate);
+    }
+    if settings
+        .excluded_namespaces
+        .contains(request.target_namespace())
+    {
+        return Decision::Skip(SkipReason::ExcludedNamespace);
     }
     match &request.object {
         Some(pod) => patch::mutate(pod, settings),
@@ -317,5 +339,42 @@ mod tests {
         assert_eq!(r.display_name(), "web-");
         r.name = Some("web-1".into());
         assert_eq!(r.display_name(), "web-1");
+    }
+
+    #[test]
+    fn pods_in_excluded_namespaces_are_left_alone() {
+        let pod = serde_json::json!({
+            "metadata": { "annotations": { "sidekey.dev/inject": "true" } },
+            "spec": { "containers": [{ "name": "app" }] },
+        });
+        let settings = PatchSettings {
+            excluded_namespaces: ["kube-system".to_owned(), "sidekey".to_owned()].into(),
+            ..PatchSettings::default()
+        };
+        for ns in ["kube-system", "sidekey"] {
+            let mut r = request("Pod", "CREATE", None);
+            r.namespace = Some(ns.into());
+            r.object = Some(pod.clone());
+            assert!(
+                matches!(
+                    decide(&r, &settings),
+                    Decision::Skip(SkipReason::ExcludedNamespace)
+                ),
+                "{ns}"
+            );
+        }
+        // Falls back to the object's namespace; elsewhere the pod is considered (and
+        // here denied for its missing role).
+        let mut r = request("Pod", "CREATE", None);
+        let mut in_ns = pod.clone();
+        in_ns["metadata"]["namespace"] = "sidekey".into();
+        r.object = Some(in_ns);
+        assert!(matches!(
+            decide(&r, &settings),
+            Decision::Skip(SkipReason::ExcludedNamespace)
+        ));
+        r.namespace = Some("apps".into());
+        r.object = Some(pod);
+        assert!(matches!(decide(&r, &settings), Decision::Deny(_)));
     }
 }

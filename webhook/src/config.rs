@@ -5,6 +5,7 @@
 //! that a wrong path or a non-certificate fails at startup, naming the flag, instead of
 //! failing in every injected pod later.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use sidekey_agent::contract::annotations::Defaults;
 
-use crate::patch::PatchSettings;
+use crate::patch::{PatchSettings, SidecarMode};
 
 /// Agent image injected when `--agent-image` is not given: the agent of this very
 /// release, so webhook and agent always speak the same configuration version.
@@ -50,7 +51,31 @@ pub struct Cli {
     /// Log line format.
     #[arg(long, env = "SIDEKEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// How the agent runs by default: `native` (one init container with
+    /// restartPolicy Always; Kubernetes 1.29 or later) or `classic` (init container plus
+    /// sidecar; Job pods get init-only), for older API servers.
+    #[arg(long, env = "SIDEKEY_SIDECAR_MODE", value_enum, default_value_t = SidecarMode::Native)]
+    pub sidecar_mode: SidecarMode,
+    /// Comma-separated namespaces whose pods are never mutated, in addition to
+    /// kube-system and the webhook's own namespace.
+    #[arg(
+        long,
+        env = "SIDEKEY_EXCLUDE_NAMESPACES",
+        value_name = "NS,...",
+        value_delimiter = ','
+    )]
+    pub exclude_namespaces: Vec<String>,
+    /// The webhook's own namespace, never mutated (default: $POD_NAMESPACE, as the
+    /// Deployment sets it from the downward API).
+    #[arg(long, env = "SIDEKEY_NAMESPACE", value_name = "NS")]
+    pub namespace: Option<String>,
 }
+
+/// Namespace never mutated whatever the flags say: the cluster's own machinery.
+pub const ALWAYS_EXCLUDED_NAMESPACE: &str = "kube-system";
+
+/// Environment variable the downward API fills with the webhook pod's namespace.
+pub const POD_NAMESPACE_ENV: &str = "POD_NAMESPACE";
 
 /// Format of the webhook's own log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -96,6 +121,9 @@ pub enum Error {
     /// `--agent-image` is empty or has whitespace.
     #[error("--agent-image (SIDEKEY_AGENT_IMAGE): {0:?} is not an image reference")]
     AgentImage(String),
+    /// An entry of `--exclude-namespaces` or `--namespace` is not a namespace name.
+    #[error("{flag}: {value:?} is not a namespace name")]
+    Namespace { flag: &'static str, value: String },
     /// `--tls-cert` or `--tls-key` is empty.
     #[error("--tls-cert and --tls-key (SIDEKEY_TLS_CERT, SIDEKEY_TLS_KEY) must both be set")]
     TlsPaths,
@@ -111,6 +139,16 @@ impl Cli {
     ///
     /// The first unusable value, see [`Error`].
     pub fn validate(self) -> Result<Settings> {
+        let pod_namespace = std::env::var(POD_NAMESPACE_ENV).ok();
+        self.validate_in(pod_namespace)
+    }
+
+    /// [`Cli::validate`] with the value of `POD_NAMESPACE` given, for tests.
+    ///
+    /// # Errors
+    ///
+    /// The first unusable value, see [`Error`].
+    pub fn validate_in(self, pod_namespace: Option<String>) -> Result<Settings> {
         if self.tls_cert.as_os_str().is_empty() || self.tls_key.as_os_str().is_empty() {
             return Err(Error::TlsPaths);
         }
@@ -135,6 +173,11 @@ impl Cli {
                     vault_addr,
                     vault_ca_pem,
                 },
+                sidecar_mode: self.sidecar_mode,
+                excluded_namespaces: excluded_namespaces(
+                    &self.exclude_namespaces,
+                    self.namespace.as_deref().or(pod_namespace.as_deref()),
+                )?,
             },
         })
     }
@@ -143,40 +186,43 @@ impl Cli {
 /// Accepts `http://host[:port][/path]` and `https://…`; returns it without a trailing
 /// slash. User info (`user:pass@`) is refused, and its value is not echoed, because it
 /// would end up in every pod's environment.
+/// The same check as the `vault-addr` annotation's, from the contract.
 fn check_vault_addr(raw: &str) -> Result<String> {
-    let addr = raw.trim().trim_end_matches('/');
-    let rest = addr
-        .strip_prefix("https://")
-        .or_else(|| addr.strip_prefix("http://"))
-        .ok_or_else(|| {
-            Error::VaultAddr(format!(
-                "{raw:?} is not an http:// or https:// URL, e.g. https://vault.vault.svc:8200"
-            ))
-        })?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.contains('@') {
-        return Err(Error::VaultAddr(
-            "the URL must not carry credentials (user@host)".to_owned(),
-        ));
+    sidekey_agent::contract::config::check_vault_addr(raw).map_err(Error::VaultAddr)
+}
+
+/// The namespaces never mutated: kube-system, the webhook's own, and the listed ones.
+fn excluded_namespaces(listed: &[String], own: Option<&str>) -> Result<BTreeSet<String>> {
+    let mut out = BTreeSet::from([ALWAYS_EXCLUDED_NAMESPACE.to_owned()]);
+    let entries = listed
+        .iter()
+        .map(|n| {
+            (
+                "--exclude-namespaces (SIDEKEY_EXCLUDE_NAMESPACES)",
+                n.as_str(),
+            )
+        })
+        .chain(own.map(|n| ("--namespace (SIDEKEY_NAMESPACE or POD_NAMESPACE)", n)));
+    for (flag, name) in entries {
+        let name = name.trim();
+        if name.is_empty() {
+            continue;
+        }
+        let label = name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !label {
+            return Err(Error::Namespace {
+                flag,
+                value: name.to_owned(),
+            });
+        }
+        out.insert(name.to_owned());
     }
-    if authority.is_empty() || authority.starts_with(':') {
-        return Err(Error::VaultAddr(format!("{raw:?} has no host")));
-    }
-    if addr
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
-    {
-        return Err(Error::VaultAddr(format!(
-            "{raw:?} contains whitespace, '?' or '#'"
-        )));
-    }
-    if let Some((_, port)) = authority.rsplit_once(':')
-        && !authority.ends_with(']')
-        && port.parse::<u16>().is_err()
-    {
-        return Err(Error::VaultAddr(format!("{raw:?} has an invalid port")));
-    }
-    Ok(addr.to_owned())
+    Ok(out)
 }
 
 /// Reads a PEM bundle and checks that it holds at least one certificate rustls accepts
@@ -220,7 +266,7 @@ mod tests {
     }
 
     fn settings(extra: &[&str]) -> Result<Settings> {
-        cli(extra).expect("flags parse").validate()
+        cli(extra).expect("flags parse").validate_in(None)
     }
 
     #[test]
@@ -326,5 +372,62 @@ mod tests {
         let err =
             settings(&["--vault-addr", "https://v", "--agent-image", "a b"]).expect_err("bad");
         assert!(matches!(err, Error::AgentImage(_)), "{err}");
+    }
+
+    #[test]
+    fn sidecar_mode_defaults_to_native_and_classic_can_be_chosen() {
+        let s = settings(&["--vault-addr", "https://v"]).expect("valid");
+        assert_eq!(s.patch.sidecar_mode, SidecarMode::Native);
+        let s =
+            settings(&["--vault-addr", "https://v", "--sidecar-mode", "classic"]).expect("valid");
+        assert_eq!(s.patch.sidecar_mode, SidecarMode::Classic);
+        let err =
+            cli(&["--vault-addr", "https://v", "--sidecar-mode", "sometimes"]).expect_err("bad");
+        assert!(err.to_string().contains("--sidecar-mode"), "{err}");
+    }
+
+    #[test]
+    fn kube_system_and_the_own_namespace_are_always_excluded() {
+        let s = settings(&["--vault-addr", "https://v"]).expect("valid");
+        assert_eq!(
+            s.patch.excluded_namespaces,
+            BTreeSet::from(["kube-system".to_owned()])
+        );
+        let s = cli(&[
+            "--vault-addr",
+            "https://v",
+            "--exclude-namespaces",
+            "monitoring, istio-system,",
+        ])
+        .expect("parses")
+        .validate_in(Some("sidekey".into()))
+        .expect("valid");
+        let want = ["istio-system", "kube-system", "monitoring", "sidekey"];
+        assert!(
+            s.patch.excluded_namespaces.iter().eq(want.iter()),
+            "{:?}",
+            s.patch.excluded_namespaces
+        );
+        // --namespace wins over POD_NAMESPACE.
+        let s = cli(&["--vault-addr", "https://v", "--namespace", "hooks"])
+            .expect("parses")
+            .validate_in(Some("other".into()))
+            .expect("valid");
+        assert!(s.patch.excluded_namespaces.contains("hooks"));
+        assert!(!s.patch.excluded_namespaces.contains("other"));
+    }
+
+    #[test]
+    fn refuses_a_namespace_that_is_not_a_name_naming_the_flag() {
+        let err = settings(&[
+            "--vault-addr",
+            "https://v",
+            "--exclude-namespaces",
+            "Bad_NS",
+        ])
+        .expect_err("bad");
+        assert!(err.to_string().starts_with("--exclude-namespaces"), "{err}");
+        let err = settings(&["--vault-addr", "https://v", "--namespace", "a b"]).expect_err("bad");
+        assert!(err.to_string().starts_with("--namespace"), "{err}");
     }
 }

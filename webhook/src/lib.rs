@@ -1,8 +1,10 @@
 //! Sidekey's mutating admission webhook.
 //!
 //! The API server sends every Pod CREATE to `POST /mutate`; a pod that opted in with
-//! `sidekey.dev/inject: "true"` comes back with the Sidekey agent injected as an init
-//! container and a sidecar, and its secrets volume mounted at `/vault/secrets`.
+//! `sidekey.dev/inject: "true"` comes back with the Sidekey agent injected (by default
+//! as a native sidecar: an init container with `restartPolicy: Always`), and its
+//! secrets volume mounted at `/vault/secrets`. Pods in `kube-system`, in the webhook's
+//! own namespace and in `--exclude-namespaces` are never mutated.
 //!
 //! Parts, in the order a review goes through them:
 //!

@@ -91,6 +91,8 @@ async fn run(settings: Settings, reloader: Reloader) -> anyhow::Result<()> {
         listen = %settings.listen,
         vault_addr = %settings.patch.defaults.vault_addr,
         agent_image = %settings.patch.agent_image,
+        sidecar_mode = ?settings.patch.sidecar_mode,
+        excluded_namespaces = ?settings.patch.excluded_namespaces,
         "serving the admission webhook"
     );
 

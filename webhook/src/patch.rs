@@ -12,21 +12,23 @@
 //!
 //! What the patch adds, for an opted-in pod:
 //!
-//! * volumes `sidekey-secrets` and `sidekey-state` (memory `emptyDir`s with a size limit)
-//!   and `sidekey-token` (a projected service-account token for audience `vault`);
-//! * `sidekey-secrets` mounted read-only at `/vault/secrets` in every app container
-//!   (`spec.containers`; the user's own init containers are left alone for now);
-//! * the init container `sidekey-init` as the first init container, so it has rendered
-//!   every secret before anything else in the pod starts;
-//! * the sidecar `sidekey-agent`, appended to `spec.containers`;
+//! * volumes `sidekey-secrets` and `sidekey-state` (memory `emptyDir`s with a size
+//!   limit), `sidekey-token` (a projected service-account token for audience `vault`)
+//!   and, with `ca-cert`, `sidekey-ca` (one key of the user's Secret or ConfigMap);
+//! * `sidekey-secrets` mounted read-only at the mount path (`/vault/secrets`) in every
+//!   app container, or in the containers the `containers` annotation names;
+//! * the agent, in one of three layouts ([`AgentMode`]): a native sidecar (one init
+//!   container with `restartPolicy: Always` and a startup probe), an init container
+//!   plus a classic sidecar, or an init container alone. Sidekey's init container goes
+//!   before the pod's own init containers unless `init-first: "false"`;
 //! * the annotation `sidekey.dev/status: injected`, which makes a second pass skip.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use json_patch::jsonptr::{PointerBuf, Token};
 use json_patch::{AddOperation, Patch, PatchOperation};
 use serde_json::{Map, Value, json};
-use sidekey_agent::contract::annotations::{self, Defaults};
+use sidekey_agent::contract::annotations::{self, AgentMode, CaSource, Defaults, Placement};
 use sidekey_agent::contract::config::{AgentConfig, CONFIG_ENV};
 use sidekey_agent::contract::layout;
 
@@ -41,19 +43,38 @@ const DEFAULT_GRACE_SECS: u64 = 30;
 const REVOKE_MARGIN_SECS: u64 = 5;
 
 /// Volume names the webhook adds; a pod that already uses one is refused.
-const RESERVED_VOLUMES: [&str; 3] = [
+const RESERVED_VOLUMES: [&str; 4] = [
     layout::SECRETS_VOLUME,
     layout::STATE_VOLUME,
     layout::TOKEN_VOLUME,
+    layout::CA_VOLUME,
 ];
 
+/// How the agent is laid out by default, cluster-wide (`--sidecar-mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SidecarMode {
+    /// Native sidecars (an init container with `restartPolicy: Always`): Kubernetes
+    /// 1.29 or later.
+    #[default]
+    Native,
+    /// An init container plus a sidecar in `spec.containers`, for older clusters,
+    /// whose API server would drop `restartPolicy` and leave an init container that
+    /// never exits. Pods of a Job get `init-only` by default so that they complete.
+    Classic,
+}
+
 /// The webhook's settings that shape every patch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PatchSettings {
     /// Image of both injected containers, e.g. `ghcr.io/sidekey/agent:0.1.0`.
     pub agent_image: String,
     /// Vault address and CA that every agent inherits.
     pub defaults: Defaults,
+    /// Default agent layout of the cluster.
+    pub sidecar_mode: SidecarMode,
+    /// Namespaces whose pods are never mutated (always `kube-system` and the
+    /// webhook's own, see [`crate::config`]).
+    pub excluded_namespaces: BTreeSet<String>,
 }
 
 /// What to do with a pod.
@@ -77,6 +98,8 @@ pub enum SkipReason {
     AlreadyInjected,
     /// The review is not the creation of a core/v1 Pod.
     NotPodCreate,
+    /// The pod's namespace is excluded (`kube-system`, the webhook's own, or listed).
+    ExcludedNamespace,
 }
 
 impl SkipReason {
@@ -86,20 +109,36 @@ impl SkipReason {
             SkipReason::NotOptedIn => "not_opted_in",
             SkipReason::AlreadyInjected => "already_injected",
             SkipReason::NotPodCreate => "not_pod_create",
+            SkipReason::ExcludedNamespace => "excluded_namespace",
         }
     }
 }
 
 /// Decides what to do with `pod` (the `object` of a Pod CREATE review) and builds the
-/// patch that injects the agent.
+/// patch that injects the agent. The namespace filter is applied by the caller
+/// ([`crate::admission::decide`]), which knows the review's namespace.
 ///
 /// Order of checks: opt-in (a malformed opt-in value is a denial), then idempotence,
-/// then the annotations, then collisions with the user's own volumes and mounts.
+/// then the annotations, then the pod's shape against them (containers named, mode,
+/// grace period), then collisions with the user's own volumes and mounts.
 pub fn mutate(pod: &Value, settings: &PatchSettings) -> Decision {
     match decide(pod, settings) {
         Ok(decision) => decision,
         Err(message) => Decision::Deny(message),
     }
+}
+
+/// Everything [`build_patch`] needs, resolved and checked.
+struct Plan<'a> {
+    config: AgentConfig,
+    placement: Placement,
+    mode: AgentMode,
+    /// Indices in `spec.containers` that get the secrets mount.
+    app_targets: Vec<usize>,
+    /// Indices in `spec.initContainers` that get the secrets mount.
+    init_targets: Vec<usize>,
+    containers: &'a [Value],
+    init_containers: &'a [Value],
 }
 
 fn decide(pod: &Value, settings: &PatchSettings) -> Result<Decision, String> {
@@ -119,13 +158,25 @@ fn decide(pod: &Value, settings: &PatchSettings) -> Result<Decision, String> {
     if already_injected(&annotations, containers, init_containers) {
         return Ok(Decision::Skip(SkipReason::AlreadyInjected));
     }
+    check_shapes(spec, containers, init_containers)?;
 
-    let config =
-        annotations::agent_config(&annotations, &settings.defaults).map_err(|e| e.to_string())?;
-    check_revoke_delay(spec, &config)?;
-    check_collisions(spec, containers, init_containers)?;
+    let (config, placement) =
+        annotations::parse(&annotations, &settings.defaults).map_err(|e| e.to_string())?;
+    let mode = agent_mode(&placement, settings.sidecar_mode, owned_by_job(pod))?;
+    check_revoke_delay(spec, &config, mode)?;
+    let (app_targets, init_targets) = targets(&placement, containers, init_containers)?;
+    let plan = Plan {
+        config,
+        placement,
+        mode,
+        app_targets,
+        init_targets,
+        containers,
+        init_containers,
+    };
+    check_collisions(spec, &plan)?;
 
-    let patch = build_patch(pod, spec, containers, &config, settings)?;
+    let patch = build_patch(pod, spec, &plan, settings)?;
     Ok(Decision::Patch(patch))
 }
 
@@ -176,12 +227,88 @@ fn already_injected(
         })
 }
 
+/// Refuses the shapes a patch cannot be built against (the API server would refuse
+/// them too): containers and volumes that are not objects, mount lists that are not
+/// lists.
+fn check_shapes(
+    spec: &Map<String, Value>,
+    containers: &[Value],
+    init_containers: &[Value],
+) -> Result<(), String> {
+    let groups = [
+        ("containers", containers),
+        ("initContainers", init_containers),
+        ("volumes", list(spec, "volumes")?.unwrap_or_default()),
+    ];
+    for (field, items) in groups {
+        for (i, item) in items.iter().enumerate() {
+            if !item.is_object() {
+                return Err(format!("the pod's spec.{field}[{i}] is not an object"));
+            }
+            match item.get("volumeMounts") {
+                None | Some(Value::Null | Value::Array(_)) => {}
+                Some(_) => {
+                    return Err(format!(
+                        "the pod's spec.{field}[{i}].volumeMounts is not a list"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a Job controller owns the pod (its `ownerReferences`).
+fn owned_by_job(pod: &Value) -> bool {
+    pod.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .is_some_and(|owners| {
+            owners
+                .iter()
+                .any(|o| o["kind"] == "Job" && o["apiVersion"] == "batch/v1")
+        })
+}
+
+/// The agent layout for this pod: the annotation, else the cluster's default, with
+/// Jobs defaulting to `init-only` in classic mode so that they can complete.
+fn agent_mode(placement: &Placement, cluster: SidecarMode, job: bool) -> Result<AgentMode, String> {
+    match (placement.agent_mode, cluster) {
+        (Some(AgentMode::NativeSidecar), SidecarMode::Classic) => Err(format!(
+            "annotation \"{}{}\": native-sidecar is turned off in this cluster (the webhook \
+             runs with --sidecar-mode classic, for API servers older than Kubernetes 1.29, \
+             which would drop restartPolicy and leave an init container that never exits): \
+             use init-and-sidecar or init-only",
+            annotations::PREFIX,
+            annotations::AGENT_MODE
+        )),
+        (Some(mode), _) => Ok(mode),
+        (None, SidecarMode::Native) => Ok(AgentMode::NativeSidecar),
+        (None, SidecarMode::Classic) if job => Ok(AgentMode::InitOnly),
+        (None, SidecarMode::Classic) => Ok(AgentMode::InitAndSidecar),
+    }
+}
+
 /// Refuses a revoke delay the pod's grace period cannot cover: the kubelet would kill
 /// the sidecar before it revokes its token, leaving the credentials valid until their
-/// TTL. Only the webhook sees both numbers, so the check lives here.
-fn check_revoke_delay(spec: &Map<String, Value>, config: &AgentConfig) -> Result<(), String> {
+/// TTL. Only the webhook sees both numbers, so the check lives here. With `init-only`
+/// nothing ever revokes, so a delay would be a silent no-op: refused as well.
+fn check_revoke_delay(
+    spec: &Map<String, Value>,
+    config: &AgentConfig,
+    mode: AgentMode,
+) -> Result<(), String> {
     if config.revoke_delay_secs == 0 {
         return Ok(());
+    }
+    let key = format!("{}{}", annotations::PREFIX, annotations::REVOKE_DELAY);
+    if mode == AgentMode::InitOnly {
+        return Err(format!(
+            "annotation {key:?}: the agent runs as init-only here (no sidecar, so nothing \
+             revokes the token at the end); remove the delay, or choose another \
+             {}{}",
+            annotations::PREFIX,
+            annotations::AGENT_MODE
+        ));
     }
     let grace = spec
         .get("terminationGracePeriodSeconds")
@@ -190,25 +317,72 @@ fn check_revoke_delay(spec: &Map<String, Value>, config: &AgentConfig) -> Result
     let needed = config.revoke_delay_secs + REVOKE_MARGIN_SECS;
     if needed > grace {
         return Err(format!(
-            "annotation \"{}{}\": a revoke delay of {}s needs terminationGracePeriodSeconds of \
+            "annotation {key:?}: a revoke delay of {}s needs terminationGracePeriodSeconds of \
              at least {needed} (the delay plus {REVOKE_MARGIN_SECS}s to revoke), but the pod has \
              {grace}: shorten the delay or raise the grace period",
-            annotations::PREFIX,
-            annotations::REVOKE_DELAY,
             config.revoke_delay_secs,
         ));
     }
     Ok(())
 }
 
+/// The containers that get the secrets mount: every app container by default, or the
+/// ones the `containers` annotation names (app or init containers). An unknown name,
+/// or an init container that runs before Sidekey's, is refused.
+fn targets(
+    placement: &Placement,
+    containers: &[Value],
+    init_containers: &[Value],
+) -> Result<(Vec<usize>, Vec<usize>), String> {
+    let Some(wanted) = &placement.containers else {
+        return Ok(((0..containers.len()).collect(), Vec::new()));
+    };
+    let key = format!("{}{}", annotations::PREFIX, annotations::CONTAINERS);
+    let pick = |list: &[Value]| -> Vec<usize> {
+        (0..list.len())
+            .filter(|&i| wanted.contains(name_of(&list[i])))
+            .collect()
+    };
+    let app = pick(containers);
+    let init = pick(init_containers);
+    for name in wanted {
+        let known = containers
+            .iter()
+            .chain(init_containers)
+            .any(|c| name_of(c) == name);
+        if !known {
+            let mut names: Vec<&str> = containers
+                .iter()
+                .chain(init_containers)
+                .map(name_of)
+                .collect();
+            names.sort_unstable();
+            return Err(format!(
+                "annotation {key:?}: the pod has no container or init container named \
+                 {name:?} (it has {})",
+                names.join(", ")
+            ));
+        }
+    }
+    if !placement.init_first
+        && let Some(&i) = init.first()
+    {
+        return Err(format!(
+            "annotation {key:?}: init container {:?} runs before Sidekey's, because \
+             {}{} is \"false\", so the secrets would not be there yet: drop it from the \
+             list or let Sidekey's init container run first",
+            name_of(&init_containers[i]),
+            annotations::PREFIX,
+            annotations::INIT_FIRST
+        ));
+    }
+    Ok((app, init))
+}
+
 /// Refuses pods whose own volumes or mounts would clash with the injected ones. Such a
 /// pod would otherwise be rejected by the API server with a message about a duplicate
 /// volume that the user never wrote, or would silently shadow the secrets.
-fn check_collisions(
-    spec: &Map<String, Value>,
-    containers: &[Value],
-    init_containers: &[Value],
-) -> Result<(), String> {
+fn check_collisions(spec: &Map<String, Value>, plan: &Plan<'_>) -> Result<(), String> {
     let reserved = RESERVED_VOLUMES.join(", ");
     for volume in list(spec, "volumes")?.unwrap_or_default() {
         let name = name_of(volume);
@@ -220,12 +394,13 @@ fn check_collisions(
         }
     }
 
+    let mount_path = plan.placement.mount_path.as_str();
     let groups = [
-        ("container", containers),
-        ("init container", init_containers),
+        ("container", plan.containers, &plan.app_targets),
+        ("init container", plan.init_containers, &plan.init_targets),
     ];
-    for (kind, group) in groups {
-        for container in group {
+    for (kind, group, targets) in groups {
+        for (index, container) in group.iter().enumerate() {
             let container_name = name_of(container);
             let mounts = container.get("volumeMounts").and_then(Value::as_array);
             for mount in mounts.map(Vec::as_slice).unwrap_or_default() {
@@ -234,17 +409,24 @@ fn check_collisions(
                     return Err(format!(
                         "{kind} {container_name:?} mounts volume {volume:?}, which Sidekey \
                          reserves for its own containers: remove that mount (Sidekey mounts \
-                         the secrets at {} by itself)",
-                        layout::SECRETS_MOUNT_PATH
+                         the secrets at {mount_path} by itself)"
                     ));
                 }
                 let path = mount.get("mountPath").and_then(Value::as_str);
-                let path = path.map(|p| p.trim_end_matches('/'));
-                if kind == "container" && path == Some(layout::SECRETS_MOUNT_PATH) {
+                let path = path.map(|p| {
+                    if p.len() > 1 {
+                        p.trim_end_matches('/')
+                    } else {
+                        p
+                    }
+                });
+                if targets.contains(&index) && path == Some(mount_path) {
                     return Err(format!(
-                        "container {container_name:?} already mounts volume {volume:?} at {}, \
-                         where Sidekey mounts the rendered secrets: move that mount",
-                        layout::SECRETS_MOUNT_PATH
+                        "{kind} {container_name:?} already mounts volume {volume:?} at \
+                         {mount_path}, where Sidekey mounts the rendered secrets: move that \
+                         mount, or choose another path with {}{}",
+                        annotations::PREFIX,
+                        annotations::MOUNT_PATH
                     ));
                 }
             }
@@ -256,52 +438,86 @@ fn check_collisions(
 fn build_patch(
     pod: &Value,
     spec: &Map<String, Value>,
-    containers: &[Value],
-    config: &AgentConfig,
+    plan: &Plan<'_>,
     settings: &PatchSettings,
 ) -> Result<Patch, String> {
-    let mut ops = Vec::with_capacity(containers.len() + 8);
+    let mut ops = Vec::with_capacity(plan.containers.len() + plan.init_containers.len() + 8);
 
-    let volumes = [secrets_volume(), state_volume(), token_volume()];
+    let mut volumes = vec![
+        secrets_volume(&plan.placement.size_limit),
+        state_volume(),
+        token_volume(),
+    ];
+    if let Some(ca) = &plan.placement.ca_cert {
+        volumes.push(ca_volume(ca));
+    }
     if list(spec, "volumes")?.is_some() {
         for volume in volumes {
             ops.push(add(["spec", "volumes", "-"], volume));
         }
     } else {
-        ops.push(add(["spec", "volumes"], Value::Array(volumes.into())));
+        ops.push(add(["spec", "volumes"], Value::Array(volumes)));
     }
 
     let app_mount = json!({
         "name": layout::SECRETS_VOLUME,
-        "mountPath": layout::SECRETS_MOUNT_PATH,
+        "mountPath": plan.placement.mount_path,
         "readOnly": true,
     });
-    for (index, container) in containers.iter().enumerate() {
-        let index = Token::from(index);
-        let path = [Token::new("spec"), Token::new("containers"), index];
-        match container.get("volumeMounts") {
-            Some(Value::Array(_)) => {
-                let path = path
-                    .into_iter()
-                    .chain([Token::new("volumeMounts"), Token::new("-")]);
-                ops.push(add(path, app_mount.clone()));
-            }
-            _ => {
-                let path = path.into_iter().chain([Token::new("volumeMounts")]);
-                ops.push(add(path, json!([app_mount])));
+    // Mounts first, while the indices of the pod's own init containers still hold.
+    let targets = [
+        ("containers", plan.containers, &plan.app_targets),
+        ("initContainers", plan.init_containers, &plan.init_targets),
+    ];
+    for (field, group, indices) in targets {
+        for &index in indices {
+            let path = [Token::new("spec"), Token::new(field), Token::from(index)];
+            match group[index].get("volumeMounts") {
+                Some(Value::Array(_)) => {
+                    let path = path
+                        .into_iter()
+                        .chain([Token::new("volumeMounts"), Token::new("-")]);
+                    ops.push(add(path, app_mount.clone()));
+                }
+                _ => {
+                    let path = path.into_iter().chain([Token::new("volumeMounts")]);
+                    ops.push(add(path, json!([app_mount])));
+                }
             }
         }
     }
 
-    let config_json = config.to_json();
-    let init = agent_container(layout::INIT_CONTAINER, "init", &config_json, settings);
+    let config_json = plan.config.to_json();
+    let agent = |name: &str, args: &str| {
+        agent_container(name, args, &config_json, &plan.placement, pod, settings)
+    };
+    let init = match plan.mode {
+        AgentMode::NativeSidecar => {
+            let mut c = agent(layout::SIDECAR_CONTAINER, "sidecar");
+            c["restartPolicy"] = json!("Always");
+            c["startupProbe"] = json!({
+                "exec": { "command": layout::PROBE_COMMAND },
+                "periodSeconds": layout::PROBE_PERIOD_SECONDS,
+                "failureThreshold": layout::PROBE_FAILURE_THRESHOLD,
+            });
+            c
+        }
+        AgentMode::InitAndSidecar | AgentMode::InitOnly => agent(layout::INIT_CONTAINER, "init"),
+    };
     if list(spec, "initContainers")?.is_some() {
-        ops.push(add(["spec", "initContainers", "0"], init));
+        let at = if plan.placement.init_first { "0" } else { "-" };
+        ops.push(add(["spec", "initContainers", at], init));
     } else {
         ops.push(add(["spec", "initContainers"], json!([init])));
     }
-    let sidecar = agent_container(layout::SIDECAR_CONTAINER, "sidecar", &config_json, settings);
-    ops.push(add(["spec", "containers", "-"], sidecar));
+    if plan.mode == AgentMode::InitAndSidecar {
+        let sidecar = agent(layout::SIDECAR_CONTAINER, "sidecar");
+        if list(spec, "containers")?.is_some() {
+            ops.push(add(["spec", "containers", "-"], sidecar));
+        } else {
+            ops.push(add(["spec", "containers"], json!([sidecar])));
+        }
+    }
 
     let status = Value::from(layout::STATUS_INJECTED);
     let metadata = pod.get("metadata").filter(|m| m.is_object());
@@ -329,10 +545,10 @@ fn add<'t>(path: impl IntoIterator<Item: Into<Token<'t>>>, value: Value) -> Patc
     })
 }
 
-fn secrets_volume() -> Value {
+fn secrets_volume(size_limit: &str) -> Value {
     json!({
         "name": layout::SECRETS_VOLUME,
-        "emptyDir": { "medium": "Memory", "sizeLimit": layout::SECRETS_SIZE_LIMIT },
+        "emptyDir": { "medium": "Memory", "sizeLimit": size_limit },
     })
 }
 
@@ -358,14 +574,98 @@ fn token_volume() -> Value {
     })
 }
 
-/// One injected agent container; `mode` is the agent's subcommand (`init`, `sidecar`).
-fn agent_container(name: &str, mode: &str, config_json: &str, settings: &PatchSettings) -> Value {
+/// The `ca-cert` key, alone, from the user's Secret or ConfigMap: the key is the file.
+fn ca_volume(ca: &CaSource) -> Value {
+    let items = json!([{ "key": ca.key(), "path": ca.key() }]);
+    match ca {
+        CaSource::Secret { name, .. } => json!({
+            "name": layout::CA_VOLUME,
+            "secret": { "secretName": name, "items": items },
+        }),
+        CaSource::ConfigMap { name, .. } => json!({
+            "name": layout::CA_VOLUME,
+            "configMap": { "name": name, "items": items },
+        }),
+    }
+}
+
+/// The agent container's security context: passes the Pod Security Standard
+/// "restricted". No user id unless asked for: the pod's `runAsUser`, else the image's
+/// numeric USER (65532), applies, and OpenShift can assign its own range. A pod that
+/// runs as root gets the image's user for the agent, which never runs as root.
+fn security_context(placement: &Placement, pod: &Value) -> Value {
+    let mut sc = json!({
+        "allowPrivilegeEscalation": false,
+        "capabilities": { "drop": ["ALL"] },
+        "runAsNonRoot": true,
+        "readOnlyRootFilesystem": true,
+        "seccompProfile": { "type": "RuntimeDefault" },
+    });
+    let pod_user = pod
+        .pointer("/spec/securityContext/runAsUser")
+        .and_then(Value::as_i64);
+    match placement.run_as_user {
+        Some(uid) => sc["runAsUser"] = json!(uid),
+        None if pod_user == Some(0) => sc["runAsUser"] = json!(layout::AGENT_USER),
+        None => {}
+    }
+    if let Some(gid) = placement.run_as_group {
+        sc["runAsGroup"] = json!(gid);
+    }
+    sc
+}
+
+fn resources(placement: &Placement) -> Value {
+    let r = &placement.resources;
+    let pairs = |cpu: &Option<String>, memory: &Option<String>| -> Map<String, Value> {
+        [("cpu", cpu), ("memory", memory)]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), json!(v))))
+            .collect()
+    };
+    let requests = pairs(&r.cpu_request, &r.memory_request);
+    let limits = pairs(&r.cpu_limit, &r.memory_limit);
+    let mut out = Map::new();
+    if !requests.is_empty() {
+        out.insert("requests".to_owned(), Value::Object(requests));
+    }
+    if !limits.is_empty() {
+        out.insert("limits".to_owned(), Value::Object(limits));
+    }
+    Value::Object(out)
+}
+
+/// One injected agent container; `args` is the agent's subcommand (`init`, `sidecar`).
+fn agent_container(
+    name: &str,
+    args: &str,
+    config_json: &str,
+    placement: &Placement,
+    pod: &Value,
+    settings: &PatchSettings,
+) -> Value {
+    let mut mounts = vec![
+        json!({ "name": layout::SECRETS_VOLUME, "mountPath": placement.mount_path }),
+        json!({ "name": layout::STATE_VOLUME, "mountPath": layout::STATE_MOUNT_PATH }),
+        json!({
+            "name": layout::TOKEN_VOLUME,
+            "mountPath": layout::TOKEN_MOUNT_PATH,
+            "readOnly": true,
+        }),
+    ];
+    if placement.ca_cert.is_some() {
+        mounts.push(json!({
+            "name": layout::CA_VOLUME,
+            "mountPath": layout::CA_MOUNT_PATH,
+            "readOnly": true,
+        }));
+    }
     json!({
         "name": name,
         "image": settings.agent_image,
         "imagePullPolicy": "IfNotPresent",
         "command": [layout::AGENT_BINARY],
-        "args": [mode],
+        "args": [args],
         "env": [
             { "name": CONFIG_ENV, "value": config_json },
             {
@@ -377,30 +677,9 @@ fn agent_container(name: &str, mode: &str, config_json: &str, settings: &PatchSe
                 "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } },
             },
         ],
-        "volumeMounts": [
-            { "name": layout::SECRETS_VOLUME, "mountPath": layout::SECRETS_MOUNT_PATH },
-            { "name": layout::STATE_VOLUME, "mountPath": layout::STATE_MOUNT_PATH },
-            {
-                "name": layout::TOKEN_VOLUME,
-                "mountPath": layout::TOKEN_MOUNT_PATH,
-                "readOnly": true,
-            },
-        ],
-        // Sized for a small Rust binary. No CPU limit: throttling the init container
-        // only delays the pod's start.
-        "resources": {
-            "requests": { "cpu": "10m", "memory": "16Mi" },
-            "limits": { "memory": "64Mi" },
-        },
-        // Passes the Pod Security Standard "restricted". No runAsUser: the image's
-        // numeric USER (65532) applies, and OpenShift can still assign its own range.
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "capabilities": { "drop": ["ALL"] },
-            "runAsNonRoot": true,
-            "readOnlyRootFilesystem": true,
-            "seccompProfile": { "type": "RuntimeDefault" },
-        },
+        "volumeMounts": mounts,
+        "resources": resources(placement),
+        "securityContext": security_context(placement, pod),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     })
 }
@@ -416,6 +695,14 @@ mod tests {
                 vault_addr: "https://vault.vault.svc:8200".into(),
                 vault_ca_pem: Some("-----BEGIN CERTIFICATE-----\n...".into()),
             },
+            ..PatchSettings::default()
+        }
+    }
+
+    fn classic() -> PatchSettings {
+        PatchSettings {
+            sidecar_mode: SidecarMode::Classic,
+            ..settings()
         }
     }
 
@@ -441,23 +728,59 @@ mod tests {
     }
 
     fn patch_of(pod: &Value) -> Patch {
-        match mutate(pod, &settings()) {
+        patch_with(pod, &settings())
+    }
+
+    fn patch_with(pod: &Value, settings: &PatchSettings) -> Patch {
+        match mutate(pod, settings) {
             Decision::Patch(patch) => patch,
             other => panic!("expected a patch, got {other:?}"),
         }
     }
 
     fn patched(pod: &Value) -> Value {
+        patched_with(pod, &settings())
+    }
+
+    fn patched_with(pod: &Value, settings: &PatchSettings) -> Value {
         let mut out = pod.clone();
-        json_patch::patch(&mut out, &patch_of(pod)).expect("the patch applies to its pod");
+        json_patch::patch(&mut out, &patch_with(pod, settings))
+            .expect("the patch applies to its pod");
+        assert!(
+            matches!(
+                mutate(&out, settings),
+                Decision::Skip(SkipReason::AlreadyInjected)
+            ),
+            "the webhook's own output yields no second patch"
+        );
         out
     }
 
     fn denial(pod: &Value) -> String {
-        match mutate(pod, &settings()) {
+        denial_with(pod, &settings())
+    }
+
+    fn denial_with(pod: &Value, settings: &PatchSettings) -> String {
+        match mutate(pod, settings) {
             Decision::Deny(message) => message,
             other => panic!("expected a denial, got {other:?}"),
         }
+    }
+
+    /// The pod with these extra Sidekey annotations.
+    fn annotated(extra: &[(&str, &str)]) -> Value {
+        let mut pod = pod();
+        for (k, v) in extra {
+            pod["metadata"]["annotations"][format!("sidekey.dev/{k}")] = json!(v);
+        }
+        pod
+    }
+
+    fn config_of(container: &Value) -> AgentConfig {
+        let text = env(container, CONFIG_ENV)["value"]
+            .as_str()
+            .expect("a string");
+        AgentConfig::from_json(text).expect("the agent reads it")
     }
 
     fn names(list: &Value) -> Vec<&str> {
@@ -502,8 +825,8 @@ mod tests {
             out["spec"]["containers"][0]["volumeMounts"],
             json!([{ "name": "sidekey-secrets", "mountPath": "/vault/secrets", "readOnly": true }])
         );
-        assert_eq!(names(&out["spec"]["initContainers"]), ["sidekey-init"]);
-        assert_eq!(names(&out["spec"]["containers"]), ["app", "sidekey-agent"]);
+        assert_eq!(names(&out["spec"]["initContainers"]), ["sidekey-agent"]);
+        assert_eq!(names(&out["spec"]["containers"]), ["app"]);
         assert_eq!(
             out["metadata"]["annotations"]["sidekey.dev/status"],
             "injected"
@@ -512,7 +835,7 @@ mod tests {
 
     #[test]
     fn agent_containers_carry_the_config_and_run_the_right_mode() {
-        let out = patched(&pod());
+        let out = patched_with(&pod(), &classic());
 
         for (list, name, mode) in [
             ("initContainers", "sidekey-init", "init"),
@@ -550,11 +873,13 @@ mod tests {
 
     #[test]
     fn agent_containers_meet_the_restricted_pod_security_standard() {
-        let out = patched(&pod());
+        let native = patched(&pod());
+        let classic = patched_with(&pod(), &classic());
 
         for c in [
-            container(&out, "initContainers", "sidekey-init"),
-            container(&out, "containers", "sidekey-agent"),
+            container(&native, "initContainers", "sidekey-agent"),
+            container(&classic, "initContainers", "sidekey-init"),
+            container(&classic, "containers", "sidekey-agent"),
         ] {
             let sc = &c["securityContext"];
             assert_eq!(sc["allowPrivilegeEscalation"], false);
@@ -582,7 +907,7 @@ mod tests {
 
         assert_eq!(
             names(&out["spec"]["initContainers"]),
-            ["sidekey-init", "migrate", "warm"]
+            ["sidekey-agent", "migrate", "warm"]
         );
         assert_eq!(out["spec"]["initContainers"][1].get("volumeMounts"), None);
         assert_eq!(out["spec"]["initContainers"][2]["volumeMounts"], json!([]));
@@ -619,7 +944,7 @@ mod tests {
 
         assert_eq!(
             names(&out["spec"]["containers"]),
-            ["web", "worker", "metrics", "sidekey-agent"]
+            ["web", "worker", "metrics"]
         );
         for name in ["web", "worker", "metrics"] {
             let mounts = container(&out, "containers", name)["volumeMounts"]
@@ -634,11 +959,23 @@ mod tests {
 
     #[test]
     fn feeding_the_output_back_yields_no_patch() {
-        let once = patched(&pod());
-        assert!(matches!(
-            mutate(&once, &settings()),
-            Decision::Skip(SkipReason::AlreadyInjected)
-        ));
+        for settings in [settings(), classic()] {
+            let once = patched_with(&pod(), &settings);
+            assert!(matches!(
+                mutate(&once, &settings),
+                Decision::Skip(SkipReason::AlreadyInjected)
+            ));
+            // Also without the status annotation: the agent containers are enough.
+            let mut stripped = once.clone();
+            stripped["metadata"]["annotations"]
+                .as_object_mut()
+                .expect("annotations")
+                .remove("sidekey.dev/status");
+            assert!(matches!(
+                mutate(&stripped, &settings),
+                Decision::Skip(SkipReason::AlreadyInjected)
+            ));
+        }
     }
 
     #[test]
@@ -691,7 +1028,7 @@ mod tests {
         annotations.remove("sidekey.dev/inject");
         pod["metadata"]["labels"] = json!({ "sidekey.dev/inject": "true" });
         let out = patched(&pod);
-        assert_eq!(names(&out["spec"]["initContainers"]), ["sidekey-init"]);
+        assert_eq!(names(&out["spec"]["initContainers"]), ["sidekey-agent"]);
     }
 
     #[test]
@@ -777,7 +1114,7 @@ mod tests {
 
         pod["spec"]["terminationGracePeriodSeconds"] = json!(35);
         let out = patched(&pod);
-        assert_eq!(names(&out["spec"]["initContainers"]), ["sidekey-init"]);
+        assert_eq!(names(&out["spec"]["initContainers"]), ["sidekey-agent"]);
 
         pod["metadata"]["annotations"]["sidekey.dev/revoke-delay"] = json!("20s");
         pod["spec"]
@@ -798,7 +1135,9 @@ mod tests {
 
     #[test]
     fn creates_the_annotations_map_or_metadata_when_missing() {
-        let config = annotations::agent_config(
+        // Unreachable through mutate (the role is an annotation), but build_patch must
+        // still never add under a missing path.
+        let (config, placement) = annotations::parse(
             &BTreeMap::from([
                 ("sidekey.dev/role".to_owned(), "app".to_owned()),
                 ("sidekey.dev/secret-db".to_owned(), "secret/db".to_owned()),
@@ -807,17 +1146,448 @@ mod tests {
         )
         .expect("valid annotations");
         for pod in [
-            json!({ "metadata": { "name": "a" }, "spec": { "containers": [] } }),
-            json!({ "spec": { "containers": [] } }),
+            json!({ "metadata": { "name": "a" }, "spec": {} }),
+            json!({ "spec": {} }),
         ] {
             let spec = pod["spec"].as_object().expect("spec");
-            let patch = build_patch(&pod, spec, &[], &config, &settings()).expect("builds");
+            let plan = Plan {
+                config: config.clone(),
+                placement: placement.clone(),
+                mode: AgentMode::InitAndSidecar,
+                app_targets: Vec::new(),
+                init_targets: Vec::new(),
+                containers: &[],
+                init_containers: &[],
+            };
+            let patch = build_patch(&pod, spec, &plan, &settings()).expect("builds");
             let mut out = pod.clone();
             json_patch::patch(&mut out, &patch).expect("applies");
             assert_eq!(
                 out["metadata"]["annotations"],
                 json!({ "sidekey.dev/status": "injected" })
             );
+            assert_eq!(names(&out["spec"]["containers"]), ["sidekey-agent"]);
         }
+    }
+
+    fn job_pod() -> Value {
+        let mut pod = pod();
+        pod["metadata"]["ownerReferences"] = json!([{
+            "apiVersion": "batch/v1", "kind": "Job", "name": "migrate", "uid": "u",
+            "controller": true,
+        }]);
+        pod["spec"]["restartPolicy"] = json!("Never");
+        pod
+    }
+
+    #[test]
+    fn native_mode_runs_one_init_container_with_restart_always_and_a_startup_probe() {
+        let out = patched(&pod());
+        let agent = container(&out, "initContainers", "sidekey-agent");
+        assert_eq!(agent["restartPolicy"], "Always");
+        assert_eq!(agent["args"], json!(["sidecar"]));
+        assert_eq!(
+            agent["startupProbe"],
+            json!({
+                "exec": { "command": ["/sidekey-agent", "probe"] },
+                "periodSeconds": 1,
+                "failureThreshold": layout::PROBE_FAILURE_THRESHOLD,
+            })
+        );
+        assert_eq!(config_of(agent).state_dir, layout::STATE_MOUNT_PATH);
+        assert_eq!(names(&out["spec"]["containers"]), ["app"]);
+    }
+
+    #[test]
+    fn classic_mode_pairs_an_init_container_and_a_sidecar_without_probes() {
+        let out = patched_with(&pod(), &classic());
+        assert_eq!(names(&out["spec"]["initContainers"]), ["sidekey-init"]);
+        assert_eq!(names(&out["spec"]["containers"]), ["app", "sidekey-agent"]);
+        for c in [
+            container(&out, "initContainers", "sidekey-init"),
+            container(&out, "containers", "sidekey-agent"),
+        ] {
+            assert_eq!(c.get("restartPolicy"), None);
+            assert_eq!(c.get("startupProbe"), None);
+        }
+    }
+
+    #[test]
+    fn job_pods_get_init_only_in_classic_mode_and_a_native_sidecar_otherwise() {
+        let out = patched_with(&job_pod(), &classic());
+        assert_eq!(names(&out["spec"]["initContainers"]), ["sidekey-init"]);
+        assert_eq!(names(&out["spec"]["containers"]), ["app"]);
+        assert_eq!(
+            container(&out, "initContainers", "sidekey-init")["args"],
+            json!(["init"])
+        );
+
+        let out = patched(&job_pod());
+        assert_eq!(names(&out["spec"]["initContainers"]), ["sidekey-agent"]);
+
+        // Owned by something else called Job: not a batch Job.
+        let mut other = job_pod();
+        other["metadata"]["ownerReferences"][0]["apiVersion"] = json!("example.io/v1");
+        let out = patched_with(&other, &classic());
+        assert_eq!(names(&out["spec"]["containers"]), ["app", "sidekey-agent"]);
+    }
+
+    #[test]
+    fn agent_mode_annotation_chooses_the_layout() {
+        let cases = [
+            ("native-sidecar", vec!["sidekey-agent"], vec!["app"]),
+            (
+                "init-and-sidecar",
+                vec!["sidekey-init"],
+                vec!["app", "sidekey-agent"],
+            ),
+            ("init-only", vec!["sidekey-init"], vec!["app"]),
+        ];
+        for (mode, init, app) in cases {
+            let out = patched(&annotated(&[("agent-mode", mode)]));
+            assert_eq!(names(&out["spec"]["initContainers"]), init, "{mode}");
+            assert_eq!(names(&out["spec"]["containers"]), app, "{mode}");
+        }
+        let out = patched_with(&job_pod(), &classic());
+        assert_eq!(names(&out["spec"]["containers"]), ["app"]);
+        let mut job = job_pod();
+        job["metadata"]["annotations"]["sidekey.dev/agent-mode"] = json!("init-and-sidecar");
+        let out = patched_with(&job, &classic());
+        assert_eq!(names(&out["spec"]["containers"]), ["app", "sidekey-agent"]);
+    }
+
+    #[test]
+    fn agent_mode_native_sidecar_is_denied_on_a_classic_cluster() {
+        let message = denial_with(&annotated(&[("agent-mode", "native-sidecar")]), &classic());
+        assert!(
+            message.starts_with("annotation \"sidekey.dev/agent-mode\""),
+            "{message}"
+        );
+        assert!(message.contains("1.29"), "{message}");
+    }
+
+    #[test]
+    fn init_first_false_puts_sidekeys_init_container_last() {
+        for (settings, name) in [(settings(), "sidekey-agent"), (classic(), "sidekey-init")] {
+            let mut pod = annotated(&[("init-first", "false")]);
+            pod["spec"]["initContainers"] = json!([{ "name": "istio-init", "image": "i" }]);
+            let out = patched_with(&pod, &settings);
+            assert_eq!(names(&out["spec"]["initContainers"]), ["istio-init", name]);
+        }
+        let mut pod = pod();
+        pod["spec"]["initContainers"] = json!([{ "name": "istio-init", "image": "i" }]);
+        let out = patched(&pod);
+        assert_eq!(
+            names(&out["spec"]["initContainers"]),
+            ["sidekey-agent", "istio-init"]
+        );
+    }
+
+    #[test]
+    fn containers_annotation_mounts_only_the_named_app_and_init_containers() {
+        let mut pod = annotated(&[("containers", "web,migrate")]);
+        pod["spec"]["containers"] = json!([
+            { "name": "web", "image": "w" },
+            { "name": "proxy", "image": "p" },
+        ]);
+        pod["spec"]["initContainers"] = json!([
+            { "name": "migrate", "image": "m" },
+            { "name": "other", "image": "o", "volumeMounts": [] },
+        ]);
+        let out = patched(&pod);
+        let mounted = |list: &str, name: &str| {
+            container(&out, list, name)["volumeMounts"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["name"] == "sidekey-secrets"))
+        };
+        assert!(mounted("containers", "web"));
+        assert!(!mounted("containers", "proxy"));
+        assert!(mounted("initContainers", "migrate"));
+        assert!(!mounted("initContainers", "other"));
+        assert_eq!(
+            names(&out["spec"]["initContainers"]),
+            ["sidekey-agent", "migrate", "other"]
+        );
+    }
+
+    #[test]
+    fn containers_annotation_naming_an_unknown_container_is_denied() {
+        let message = denial(&annotated(&[("containers", "app,wbe")]));
+        assert!(
+            message.starts_with("annotation \"sidekey.dev/containers\""),
+            "{message}"
+        );
+        assert!(message.contains("\"wbe\""), "{message}");
+        assert!(message.contains("it has app"), "{message}");
+    }
+
+    #[test]
+    fn containers_annotation_naming_an_init_container_that_runs_first_is_denied() {
+        let mut pod = annotated(&[("containers", "migrate"), ("init-first", "false")]);
+        pod["spec"]["initContainers"] = json!([{ "name": "migrate", "image": "m" }]);
+        let message = denial(&pod);
+        assert!(
+            message.starts_with("annotation \"sidekey.dev/containers\""),
+            "{message}"
+        );
+        assert!(message.contains("init-first"), "{message}");
+    }
+
+    #[test]
+    fn mount_path_moves_the_mount_in_the_app_and_the_agent() {
+        let out = patched(&annotated(&[("mount-path", "/run/secrets/app")]));
+        let app = container(&out, "containers", "app");
+        assert_eq!(app["volumeMounts"][0]["mountPath"], "/run/secrets/app");
+        let agent = container(&out, "initContainers", "sidekey-agent");
+        assert_eq!(agent["volumeMounts"][0]["mountPath"], "/run/secrets/app");
+        assert_eq!(config_of(agent).secrets_dir, "/run/secrets/app");
+    }
+
+    #[test]
+    fn mount_path_taken_by_a_chosen_container_is_denied_and_elsewhere_allowed() {
+        let mut pod = annotated(&[("mount-path", "/etc/app")]);
+        pod["spec"]["volumes"] = json!([{ "name": "conf", "configMap": { "name": "c" } }]);
+        pod["spec"]["containers"][0]["volumeMounts"] =
+            json!([{ "name": "conf", "mountPath": "/etc/app" }]);
+        let message = denial(&pod);
+        assert!(message.contains("container \"app\""), "{message}");
+        assert!(message.contains("sidekey.dev/mount-path"), "{message}");
+
+        // The same mount in a container that does not get the secrets is fine.
+        pod["spec"]["containers"] = json!([
+            { "name": "app", "image": "a" },
+            { "name": "sidecar", "image": "s",
+              "volumeMounts": [{ "name": "conf", "mountPath": "/etc/app" }] },
+        ]);
+        pod["metadata"]["annotations"]["sidekey.dev/containers"] = json!("app");
+        patched(&pod);
+    }
+
+    #[test]
+    fn size_limit_sets_the_secrets_volume_limit() {
+        let out = patched(&annotated(&[("size-limit", "128Mi")]));
+        assert_eq!(out["spec"]["volumes"][0]["emptyDir"]["sizeLimit"], "128Mi");
+        let message = denial(&annotated(&[("size-limit", "4Gi")]));
+        assert!(
+            message.starts_with("annotation \"sidekey.dev/size-limit\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn revoke_delay_is_denied_for_init_only() {
+        let mut pod = annotated(&[("revoke-delay", "5s")]);
+        pod["spec"]["terminationGracePeriodSeconds"] = json!(60);
+        patched(&pod);
+        pod["metadata"]["annotations"]["sidekey.dev/agent-mode"] = json!("init-only");
+        let message = denial(&pod);
+        assert!(
+            message.starts_with("annotation \"sidekey.dev/revoke-delay\""),
+            "{message}"
+        );
+        assert!(message.contains("init-only"), "{message}");
+        let mut job = job_pod();
+        job["metadata"]["annotations"]["sidekey.dev/revoke-delay"] = json!("5s");
+        job["spec"]["terminationGracePeriodSeconds"] = json!(60);
+        assert!(denial_with(&job, &classic()).contains("init-only"));
+    }
+
+    #[test]
+    fn agent_resource_annotations_set_requests_and_limits() {
+        let out = patched(&annotated(&[
+            ("agent-cpu-request", "50m"),
+            ("agent-cpu-limit", "200m"),
+            ("agent-memory-request", "32Mi"),
+            ("agent-memory-limit", "96Mi"),
+        ]));
+        let agent = container(&out, "initContainers", "sidekey-agent");
+        assert_eq!(
+            agent["resources"],
+            json!({
+                "requests": { "cpu": "50m", "memory": "32Mi" },
+                "limits": { "cpu": "200m", "memory": "96Mi" },
+            })
+        );
+        let out = patched(&pod());
+        assert_eq!(
+            container(&out, "initContainers", "sidekey-agent")["resources"],
+            json!({ "requests": { "cpu": "10m", "memory": "16Mi" }, "limits": { "memory": "64Mi" } })
+        );
+        for key in [
+            "agent-cpu-request",
+            "agent-cpu-limit",
+            "agent-memory-request",
+            "agent-memory-limit",
+        ] {
+            let message = denial(&annotated(&[(key, "plenty")]));
+            assert!(
+                message.starts_with(&format!("annotation \"sidekey.dev/{key}\"")),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn run_as_user_and_group_set_the_agents_ids_and_root_pods_get_the_image_user() {
+        let out = patched_with(
+            &annotated(&[("run-as-user", "1000"), ("run-as-group", "3000")]),
+            &classic(),
+        );
+        for c in [
+            container(&out, "initContainers", "sidekey-init"),
+            container(&out, "containers", "sidekey-agent"),
+        ] {
+            assert_eq!(c["securityContext"]["runAsUser"], 1000);
+            assert_eq!(c["securityContext"]["runAsGroup"], 3000);
+        }
+        let mut root = pod();
+        root["spec"]["securityContext"] = json!({ "runAsUser": 0 });
+        let out = patched(&root);
+        let sc = &container(&out, "initContainers", "sidekey-agent")["securityContext"];
+        assert_eq!(sc["runAsUser"], layout::AGENT_USER);
+        let mut user = pod();
+        user["spec"]["securityContext"] = json!({ "runAsUser": 1001 });
+        let out = patched(&user);
+        let sc = &container(&out, "initContainers", "sidekey-agent")["securityContext"];
+        assert_eq!(sc.get("runAsUser"), None, "the pod's user applies");
+        let message = denial(&annotated(&[("run-as-user", "0")]));
+        assert!(
+            message.starts_with("annotation \"sidekey.dev/run-as-user\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn ca_cert_mounts_one_key_into_the_agent_only() {
+        for (value, source) in [
+            (
+                "secret:vault-tls/ca.crt",
+                json!({ "secret": { "secretName": "vault-tls",
+                "items": [{ "key": "ca.crt", "path": "ca.crt" }] } }),
+            ),
+            (
+                "configmap:vault-ca/ca.crt",
+                json!({ "configMap": { "name": "vault-ca",
+                "items": [{ "key": "ca.crt", "path": "ca.crt" }] } }),
+            ),
+        ] {
+            let out = patched(&annotated(&[("ca-cert", value)]));
+            let volume = out["spec"]["volumes"]
+                .as_array()
+                .and_then(|v| v.iter().find(|v| v["name"] == "sidekey-ca"))
+                .expect("a CA volume");
+            let mut want = source.clone();
+            want["name"] = json!("sidekey-ca");
+            assert_eq!(volume, &want);
+            let agent = container(&out, "initContainers", "sidekey-agent");
+            let mount = agent["volumeMounts"]
+                .as_array()
+                .and_then(|m| m.iter().find(|m| m["name"] == "sidekey-ca"))
+                .expect("mounted in the agent");
+            assert_eq!(mount["mountPath"], layout::CA_MOUNT_PATH);
+            assert_eq!(mount["readOnly"], true);
+            let config = config_of(agent);
+            assert_eq!(config.vault.ca_file.as_deref(), Some("/sidekey/ca/ca.crt"));
+            assert_eq!(config.vault.ca_pem, None);
+            let app = container(&out, "containers", "app");
+            assert_eq!(names(&app["volumeMounts"]), ["sidekey-secrets"]);
+        }
+        let mut pod = annotated(&[("ca-cert", "secret:x/ca.crt")]);
+        pod["spec"]["volumes"] = json!([{ "name": "sidekey-ca", "emptyDir": {} }]);
+        assert!(denial(&pod).contains("\"sidekey-ca\""));
+        assert!(
+            denial(&annotated(&[("ca-cert", "/etc/ca.pem")]))
+                .starts_with("annotation \"sidekey.dev/ca-cert\"")
+        );
+    }
+
+    #[test]
+    fn vault_connection_annotations_reach_the_agent_config() {
+        let out = patched(&annotated(&[
+            ("vault-addr", "https://vault.team.svc:8200"),
+            ("vault-namespace", "team-a"),
+            ("tls-server-name", "vault.internal"),
+            ("auth-method", "jwt"),
+            ("auth-path", "auth/jwt-prod"),
+        ]));
+        let config = config_of(container(&out, "initContainers", "sidekey-agent"));
+        assert_eq!(config.vault.addr, "https://vault.team.svc:8200");
+        assert_eq!(config.vault.namespace.as_deref(), Some("team-a"));
+        assert_eq!(
+            config.vault.tls_server_name.as_deref(),
+            Some("vault.internal")
+        );
+        assert!(
+            config.vault.ca_pem.is_some(),
+            "the webhook's CA still applies"
+        );
+        assert_eq!(
+            config.auth.method,
+            sidekey_agent::contract::config::AuthMethod::Jwt
+        );
+        assert_eq!(config.auth.mount_path, "auth/jwt-prod");
+        assert_eq!(config.auth.role, "app");
+        for key in [
+            "vault-addr",
+            "vault-namespace",
+            "tls-server-name",
+            "auth-method",
+            "auth-path",
+            "role",
+        ] {
+            let message = denial(&annotated(&[(key, "not valid at all")]));
+            assert!(
+                message.starts_with(&format!("annotation \"sidekey.dev/{key}\"")),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn per_secret_annotations_reach_the_agent_config() {
+        let out = patched(&annotated(&[
+            ("secret-api", "secret/data/api"),
+            ("file-db", "db/config.yaml"),
+            ("perms-db", "0440"),
+            ("format-db", "yaml"),
+            ("format-api", "key:token"),
+            ("refresh", "1m"),
+            ("refresh-api", "30s"),
+            ("notify-api", "http://localhost:8080/reload"),
+        ]));
+        let config = config_of(container(&out, "initContainers", "sidekey-agent"));
+        use sidekey_agent::contract::config::Format;
+        let by = |n: &str| config.secrets.iter().find(|s| s.name == n).expect("secret");
+        assert_eq!(by("db").file, "db/config.yaml");
+        assert_eq!(by("db").mode, 0o440);
+        assert_eq!(by("db").format, Format::Yaml);
+        assert_eq!(by("api").format, Format::Key("token".into()));
+        assert_eq!(by("api").refresh_secs, Some(30));
+        assert!(by("api").notify.is_some());
+        assert_eq!(config.refresh_secs, 60);
+        for (key, value) in [
+            ("file-db", "../../etc/passwd"),
+            ("perms-db", "0044"),
+            ("format-db", "toml"),
+            ("refresh-db", "never"),
+            ("notify-db", "ftp://x"),
+            ("secret-db", "a/../b"),
+        ] {
+            let message = denial(&annotated(&[(key, value)]));
+            assert!(
+                message.starts_with(&format!("annotation \"sidekey.dev/{key}\"")),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_containers_and_mount_lists_are_denied_not_panicked_on() {
+        let mut pod = pod();
+        pod["spec"]["containers"] = json!(["app"]);
+        assert!(denial(&pod).contains("spec.containers[0]"));
+        let mut pod = self::pod();
+        pod["spec"]["containers"][0]["volumeMounts"] = json!({ "name": "x" });
+        assert!(denial(&pod).contains("volumeMounts"));
     }
 }

@@ -63,7 +63,7 @@ async fn logs_the_outcome_per_review_but_never_the_body() {
     assert!(logs.contains("namespace=\"demo\""), "{logs}");
     assert!(logs.contains("name=\"web-7d9c8b5f4-\""), "{logs}");
     assert!(logs.contains("outcome=\"mutated\""), "{logs}");
-    assert!(logs.contains("patch_ops=7"), "{logs}");
+    assert!(logs.contains("patch_ops=6"), "{logs}");
     assert!(logs.contains("outcome=\"denied\""), "{logs}");
     assert!(
         !logs.contains("env-value-that-must-never-be-logged"),

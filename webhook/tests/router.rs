@@ -56,11 +56,8 @@ async fn mutates_an_opted_in_pod_and_echoes_the_uid() {
     assert_eq!(response["response"]["allowed"], true);
 
     let pod = apply_response_patch(&response, &request["request"]["object"]);
-    assert_eq!(container_names(&pod, "initContainers"), ["sidekey-init"]);
-    assert_eq!(
-        container_names(&pod, "containers"),
-        ["web", "sidekey-agent"]
-    );
+    assert_eq!(container_names(&pod, "initContainers"), ["sidekey-agent"]);
+    assert_eq!(container_names(&pod, "containers"), ["web"]);
     let mounts = &pod["spec"]["containers"][0]["volumeMounts"];
     assert_eq!(mounts[0]["name"], "kube-api-access-x7k2p");
     assert_eq!(mounts[1]["mountPath"], "/vault/secrets");

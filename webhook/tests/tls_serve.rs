@@ -116,11 +116,8 @@ async fn answers_a_review_over_tls_with_a_patch_that_applies() {
     let request = json(POD_CREATE);
     assert_eq!(response["response"]["uid"], request["request"]["uid"]);
     let pod = apply_response_patch(&response, &request["request"]["object"]);
-    assert_eq!(container_names(&pod, "initContainers"), ["sidekey-init"]);
-    assert_eq!(
-        container_names(&pod, "containers"),
-        ["web", "sidekey-agent"]
-    );
+    assert_eq!(container_names(&pod, "initContainers"), ["sidekey-agent"]);
+    assert_eq!(container_names(&pod, "containers"), ["web"]);
 
     running.shut_down().await;
 }

@@ -76,9 +76,9 @@ pub fn parse(input: &str) -> Result<Duration, Error> {
 /// Formats a duration the way [`parse`] reads it back (whole seconds).
 pub fn format(d: Duration) -> String {
     let secs = d.as_secs();
-    if secs % 3600 == 0 && secs > 0 {
+    if secs.is_multiple_of(3600) && secs > 0 {
         format!("{}h", secs / 3600)
-    } else if secs % 60 == 0 && secs > 0 {
+    } else if secs.is_multiple_of(60) && secs > 0 {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")

@@ -59,6 +59,9 @@ pub const PROBE_FAILURE_THRESHOLD: u32 = 180;
 
 /// Path of the agent binary inside its image (the image has no shell).
 pub const AGENT_BINARY: &str = "/sidekey-agent";
+/// Numeric non-root user of the agent image. The webhook sets it explicitly only when
+/// the pod asks for root (`runAsUser: 0`), which the agent never runs as.
+pub const AGENT_USER: i64 = 65532;
 
 /// Annotation the webhook sets on every pod it mutated; its presence makes the
 /// webhook leave the pod alone (idempotence).

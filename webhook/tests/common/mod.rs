@@ -25,6 +25,7 @@ pub fn settings() -> PatchSettings {
             vault_addr: "https://vault.vault.svc:8200".into(),
             vault_ca_pem: None,
         },
+        ..PatchSettings::default()
     }
 }
 
