@@ -365,10 +365,11 @@ impl Agent {
             }
         })?;
 
-        let bytes = render::render(&spec.format, resp.data.expose()).map_err(|source| Error::Render {
-            name: spec.name.clone(),
-            source,
-        })?;
+        let bytes =
+            render::render(&spec.format, resp.data.expose()).map_err(|source| Error::Render {
+                name: spec.name.clone(),
+                source,
+            })?;
         let outcome = files::write(&self.dir, &spec.file, &bytes, spec.mode).map_err(|source| {
             Error::Write {
                 name: spec.name.clone(),

@@ -327,13 +327,9 @@ impl Bao {
 
 fn secret(name: &str, path: &str, file: &str) -> SecretSpec {
     SecretSpec {
-        name: name.into(),
-        path: path.into(),
         file: file.into(),
         mode: DEFAULT_FILE_MODE,
-        format: Default::default(),
-        refresh_secs: None,
-        notify: None,
+        ..SecretSpec::new(name, path)
     }
 }
 

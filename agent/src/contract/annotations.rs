@@ -31,6 +31,8 @@ pub const VAULT_ADDR: &str = "vault-addr";
 pub const VAULT_NAMESPACE: &str = "vault-namespace";
 pub const CA_CERT: &str = "ca-cert";
 pub const TLS_SERVER_NAME: &str = "tls-server-name";
+/// Skip verifying Vault's TLS certificate (tests and emergencies only).
+pub const TLS_SKIP_VERIFY: &str = "tls-skip-verify";
 /// Per-secret prefix: `secret-<name>: <vault path>`.
 pub const SECRET_PREFIX: &str = "secret-";
 /// Per-secret file name or sub-path under the secrets directory.
@@ -45,6 +47,8 @@ pub const REFRESH: &str = "refresh";
 pub const REFRESH_PREFIX: &str = "refresh-";
 /// Per-secret notification after a change.
 pub const NOTIFY_PREFIX: &str = "notify-";
+/// Per-secret request parameters, which make the request a write (`pki/issue/<role>`).
+pub const PARAMS_PREFIX: &str = "params-";
 pub const CONTAINERS: &str = "containers";
 pub const MOUNT_PATH: &str = "mount-path";
 pub const AGENT_MODE: &str = "agent-mode";
@@ -201,6 +205,16 @@ pub const TABLE: &[Annotation] = &[
                   when the address is not the name in the certificate.",
     },
     Annotation {
+        key: TLS_SKIP_VERIFY,
+        group: Group::Injection,
+        per_secret: false,
+        default: "`false`",
+        allowed: "`true`, `false`",
+        meaning: "Do not verify Vault's certificate. For tests only: anyone on the \
+                  network path can then read the agent's token and every secret. The \
+                  agent logs a warning at every start while it is on.",
+    },
+    Annotation {
         key: SECRET_PREFIX,
         group: Group::Secrets,
         per_secret: true,
@@ -269,6 +283,17 @@ pub const TABLE: &[Annotation] = &[
         meaning: "Tell the app once after each real change of this file, when the file \
                   is complete. Signals need `shareProcessNamespace: true`; commands run \
                   in the agent container without a shell.",
+    },
+    Annotation {
+        key: PARAMS_PREFIX,
+        group: Group::Secrets,
+        per_secret: true,
+        default: "none (the path is read)",
+        allowed: "comma-separated `key=value` pairs, e.g. \
+                  `common_name=app.demo.svc,ttl=1h`",
+        meaning: "Write to the path with these parameters instead of reading it, as \
+                  `pki/issue/<role>` needs. The certificate is issued again at about two \
+                  thirds of its lifetime. Values cannot contain `,`.",
     },
     Annotation {
         key: CONTAINERS,
@@ -531,6 +556,7 @@ struct SecretOptions {
     file: Option<(String, String)>,
     mode: Option<(String, u32)>,
     format: Option<(String, Format)>,
+    params: Option<(String, BTreeMap<String, String>)>,
 }
 
 /// Reads every Sidekey annotation of an opted-in pod.
@@ -544,6 +570,7 @@ pub fn parse(
     let mut vault_addr = None;
     let mut vault_namespace = None;
     let mut tls_server_name = None;
+    let mut tls_skip_verify = false;
     let mut refresh_secs = config::DEFAULT_REFRESH_SECS;
     let mut revoke_delay_secs = 0;
     let mut secrets: BTreeMap<String, String> = BTreeMap::new();
@@ -590,6 +617,7 @@ pub fn parse(
             FILE_PREFIX,
             PERMS_PREFIX,
             FORMAT_PREFIX,
+            PARAMS_PREFIX,
         ];
         if let Some((prefix, name)) = per_secret
             .iter()
@@ -602,6 +630,7 @@ pub fn parse(
                 NOTIFY_PREFIX => o.notify = Some((k, parse_notify(key, value)?)),
                 FILE_PREFIX => o.file = Some((k, parse_file(key, value)?)),
                 PERMS_PREFIX => o.mode = Some((k, parse_perms(key, value)?)),
+                PARAMS_PREFIX => o.params = Some((k, parse_params(key, value)?)),
                 _ => o.format = Some((k, parse_format(key, value)?)),
             }
             continue;
@@ -627,6 +656,10 @@ pub fn parse(
             }
             VAULT_NAMESPACE => vault_namespace = Some(parse_vault_namespace(key, value)?),
             TLS_SERVER_NAME => tls_server_name = Some(parse_server_name(key, value)?),
+            TLS_SKIP_VERIFY => {
+                tls_skip_verify = parse_bool(value)
+                    .ok_or_else(|| err(key, format!("{value:?} is not \"true\" or \"false\"")))?;
+            }
             CA_CERT => placement.ca_cert = Some(parse_ca_source(key, value)?),
             REFRESH => refresh_secs = parse_refresh(key, value)?,
             REVOKE_DELAY => {
@@ -716,6 +749,7 @@ pub fn parse(
             o.file.as_ref().map(|(k, _)| k),
             o.mode.as_ref().map(|(k, _)| k),
             o.format.as_ref().map(|(k, _)| k),
+            o.params.as_ref().map(|(k, _)| k),
         ];
         if let Some(key) = keys.into_iter().flatten().next() {
             return Err(err(
@@ -751,6 +785,7 @@ pub fn parse(
         namespace: vault_namespace,
         tls_server_name,
         ca_file,
+        tls_skip_verify,
     };
     let auth = AuthConfig {
         method: auth_method,
@@ -785,6 +820,7 @@ pub fn parse(
             format: o.format.map(|(_, f)| f).unwrap_or_default(),
             refresh_secs: o.refresh.map(|(_, secs)| secs),
             notify: o.notify.map(|(_, n)| n),
+            params: o.params.map(|(_, p)| p).unwrap_or_default(),
             ..SecretSpec::new(name, path)
         });
     }
@@ -1017,6 +1053,49 @@ fn parse_format(key: &str, value: &str) -> Result<Format, AnnotationError> {
             }
         },
     })
+}
+
+/// `params-<name>`: `key=value` pairs separated by commas. Keys are Vault parameter
+/// names (letters, digits, `_`, `-`, `.`); values are anything but `,` and control
+/// characters. A key given twice is refused rather than one silently winning.
+fn parse_params(key: &str, value: &str) -> Result<BTreeMap<String, String>, AnnotationError> {
+    let mut params = BTreeMap::new();
+    for pair in value.split(',') {
+        let pair = pair.trim();
+        if pair.is_empty() {
+            continue;
+        }
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(err(
+                key,
+                format!("{pair:?} is not key=value, e.g. common_name=app.demo.svc"),
+            ));
+        };
+        let (k, v) = (k.trim(), v.trim());
+        let key_ok = !k.is_empty()
+            && k.len() <= 128
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !key_ok {
+            return Err(err(key, format!("{k:?} is not a parameter name")));
+        }
+        if v.len() > 4096 || v.chars().any(char::is_control) {
+            return Err(err(
+                key,
+                format!("the value of {k:?} is too long or has a control character"),
+            ));
+        }
+        if params.insert(k.to_owned(), v.to_owned()).is_some() {
+            return Err(err(key, format!("parameter {k:?} is given twice")));
+        }
+    }
+    if params.is_empty() {
+        return Err(err(
+            key,
+            "needs at least one key=value pair, e.g. common_name=app.demo.svc",
+        ));
+    }
+    Ok(params)
 }
 
 fn parse_vault_namespace(key: &str, value: &str) -> Result<String, AnnotationError> {
@@ -1550,6 +1629,55 @@ mod tests {
                 url: "http://localhost:8080/-/reload".into()
             })
         );
+    }
+
+    #[test]
+    fn params_make_a_write_and_skip_verify_is_explicit() {
+        let a = map(&[
+            ("sidekey.dev/role", "app"),
+            ("sidekey.dev/secret-cert", "pki/issue/web"),
+            (
+                "sidekey.dev/params-cert",
+                "common_name=app.demo.svc, ttl=1h",
+            ),
+            ("sidekey.dev/tls-skip-verify", "true"),
+        ]);
+        let c = agent_config(&a, &defaults()).unwrap();
+        assert!(c.vault.tls_skip_verify);
+        let params: Vec<(&str, &str)> = c.secrets[0]
+            .params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(params, [("common_name", "app.demo.svc"), ("ttl", "1h")]);
+
+        let base = [
+            ("sidekey.dev/role", "app"),
+            ("sidekey.dev/secret-cert", "pki/issue/web"),
+        ];
+        for (k, v, says) in [
+            ("sidekey.dev/params-cert", "common_name", "not key=value"),
+            ("sidekey.dev/params-cert", "a=1,a=2", "given twice"),
+            (
+                "sidekey.dev/params-cert",
+                "bad key=1",
+                "not a parameter name",
+            ),
+            ("sidekey.dev/params-cert", " , ", "at least one"),
+            (
+                "sidekey.dev/params-other",
+                "a=1",
+                "no sidekey.dev/secret-other",
+            ),
+            ("sidekey.dev/tls-skip-verify", "yes", "not \"true\""),
+        ] {
+            let mut a = map(&base);
+            a.insert(k.into(), v.into());
+            let e = agent_config(&a, &defaults()).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(&k["sidekey.dev/".len()..]), "{text}");
+            assert!(text.contains(says), "{k}={v}: {text}");
+        }
     }
 
     #[test]

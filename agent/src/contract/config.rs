@@ -13,6 +13,8 @@
 //! and refuses a newer one with an error that says to upgrade the agent image, rather
 //! than guessing at fields it does not know.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::layout;
@@ -84,6 +86,11 @@ pub struct VaultConfig {
     /// start; a missing or unparsable file is a configuration error (exit 64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
+    /// Skip verifying Vault's certificate (`tls-skip-verify` annotation). Only for
+    /// tests and emergencies: anyone on the path can then read the token and every
+    /// secret. The agent logs a warning at every start while it is on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_skip_verify: bool,
 }
 
 /// How the agent logs in.
@@ -144,6 +151,12 @@ pub struct SecretSpec {
     /// How to tell the app, once, after each real change of this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Notify>,
+    /// Request parameters (`params-<name>`). Empty: the path is read (`GET`). Not empty:
+    /// the path is written (`PUT`) with these parameters as the JSON body and the
+    /// response rendered, as for `pki/issue/<role>` with `common_name`. Two secrets with
+    /// the same path and parameters share one request (and one credential).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
 }
 
 impl SecretSpec {
@@ -159,6 +172,7 @@ impl SecretSpec {
             format: Format::default(),
             refresh_secs: None,
             notify: None,
+            params: BTreeMap::new(),
         }
     }
 }
