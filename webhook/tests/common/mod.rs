@@ -2,6 +2,9 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod pods;
+pub mod rules;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
