@@ -646,6 +646,12 @@ impl Running {
         }
     }
 
+    /// SIGKILL to the container's PID 1, as an OOM kill or a node problem would:
+    /// nothing in it runs again, the pod's volumes stay.
+    pub fn crash(mut self) {
+        self.kill();
+    }
+
     fn kill(&mut self) {
         // The command changed uid, which clears --kill-child's death signal; kill the
         // namespace's init directly, which takes the whole PID namespace with it.

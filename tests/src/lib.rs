@@ -20,18 +20,32 @@
 //! - [`stack`]: all of the above wired together, as the tests and the demo use it.
 //! - [`demo`]: the `sidekey-demo` narration of the whole flow.
 //!
+//! For dynamic secrets and leases:
+//! - [`postgres`]: the machine's PostgreSQL: roles, and logins checked as SCRAM would.
+//! - [`database`]: OpenBao's database secrets engine, one connection and role per test.
+//! - [`tenant`]: one test's auth role, policy, KV secret and database role.
+//! - [`agentpod`]: a patched pod's agent run in its layout (classic or native sidecar).
+//! - [`audit`]: OpenBao's audit log, to count what an agent asked for.
+//! - [`leak`]: the values that must never be logged, and the check.
+//!
 //! Needs root: containers run in mount and PID namespaces with `chroot`.
 
+pub mod agentpod;
+pub mod audit;
 pub mod bins;
 pub mod container;
+pub mod database;
 pub mod demo;
+pub mod leak;
 pub mod openbao;
 pub mod podcheck;
+pub mod postgres;
 pub mod process;
 pub mod review;
 pub mod rt;
 pub mod setup;
 pub mod stack;
+pub mod tenant;
 pub mod tls;
 pub mod tokenreview;
 pub mod webhook;

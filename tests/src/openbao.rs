@@ -2,7 +2,9 @@
 //!
 //! `bao server -dev -dev-tls` generates its own CA into `-dev-tls-cert-dir` and keeps
 //! everything in memory. The extra `-config` file adds a file audit device, so a test
-//! can search the audit log (OpenBao HMACs secret values there by default).
+//! can search the audit log (OpenBao HMACs secret values there by default). Token
+//! accessors are kept in clear (`hmac_accessor`), so [`crate::audit`] can tell which
+//! agent made which request; an accessor grants nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,7 +46,7 @@ impl OpenBao {
         std::fs::write(
             &config,
             format!(
-                "audit \"file\" \"file\" {{\n  options {{ file_path = {:?} }}\n}}\n",
+                "audit \"file\" \"file\" {{\n  options {{\n    file_path = {:?}\n    hmac_accessor = \"false\"\n  }}\n}}\n",
                 audit_log.display().to_string()
             ),
         )
@@ -127,6 +129,12 @@ impl OpenBao {
     /// The file audit log.
     pub fn audit_log(&self) -> &Path {
         &self.audit_log
+    }
+
+    /// Kills the server (SIGKILL) as a crash or an outage would; its address then
+    /// refuses connections.
+    pub fn kill(&mut self) {
+        self.process.kill();
     }
 
     /// The server's own output, for failure reports.
