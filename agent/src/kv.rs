@@ -80,6 +80,16 @@ impl Resolver {
         }
     }
 
+    /// Mounts looked up so far (mount path → is KV v2), for the state file.
+    pub fn mounts(&self) -> std::collections::BTreeMap<String, bool> {
+        self.mounts.iter().map(|(m, v2)| (m.clone(), *v2)).collect()
+    }
+
+    /// Remembers mounts looked up by an earlier process of the same pod.
+    pub fn remember(&mut self, mounts: impl IntoIterator<Item = (String, bool)>) {
+        self.mounts.extend(mounts);
+    }
+
     fn known_mount(&self, path: &str) -> Option<(&str, bool)> {
         // The longest mount that prefixes the path wins (`a/` vs `a/b/`).
         self.mounts

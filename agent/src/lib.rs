@@ -8,7 +8,11 @@
 //! - [`kv`]: reads a secret the way the user wrote its path (KV v2 in either form).
 //! - [`render`]: secret data to file bytes.
 //! - [`files`]: atomic, change-only writes into the secrets directory.
-//! - [`run`]: the `init` and `sidecar` modes, retries, token refresh and shutdown.
+//! - [`schedule`]: the timing rules (renew, replace, refresh, jitter, backoff).
+//! - [`source`]: distinct sources (path + parameters), their kind and what is held.
+//! - [`state`]: the state file handing token and leases from init to sidecar.
+//! - [`run`]: the `init` and `sidecar` modes: one scheduler loop, token lifecycle,
+//!   revocation.
 
 #![forbid(unsafe_code)]
 
@@ -24,5 +28,11 @@ pub mod kv;
 pub mod render;
 #[cfg(feature = "runtime")]
 pub mod run;
+#[cfg(feature = "runtime")]
+pub mod schedule;
+#[cfg(feature = "runtime")]
+pub mod source;
+#[cfg(feature = "runtime")]
+pub mod state;
 #[cfg(feature = "runtime")]
 pub mod vault;

@@ -1,21 +1,28 @@
-//! The agent's two modes.
+//! The agent's two modes and the scheduler that keeps every credential valid.
 //!
-//! - [`init`] (the init container): log in, render every secret once, return. Transient
-//!   failures (Vault unreachable, 5xx, 429) are retried with [`Backoff`] until the init
-//!   deadline; permanent ones (login denied, secret not found, TLS not trusted, a file
-//!   that cannot be written) fail at once, so the pod shows the reason quickly.
-//! - [`sidecar`]: render everything, then re-read each secret every `refresh_secs`,
-//!   rewriting a file only when its bytes change. On failure the last good file stays
-//!   and the read is retried with backoff. The token is renewed at about two thirds of
-//!   its TTL, and replaced by a new login when it cannot be renewed or is gone. After a
-//!   file really changed, the app is told in the background if the secret has a
-//!   `notify` ([`notify::Dispatcher`]). When the shutdown future completes (SIGTERM
-//!   from the kubelet, see [`shutdown_signal`]), the sidecar waits `revoke_delay_secs`
-//!   (so the app can drain while its credentials still work), revokes the token within
-//!   [`REVOKE_TIMEOUT`] and returns.
+//! - [`init`] (the init container): adopt the state a previous agent process of this pod
+//!   left (see [`state`]), or log in; fetch every source once; render; write the state
+//!   for the sidecar; return *without* revoking the token (the sidecar adopts it).
+//!   Transient failures (Vault unreachable, 5xx, 429) are retried with [`Backoff`] until
+//!   the init deadline; permanent ones (login denied, secret not found, TLS not trusted,
+//!   a file that cannot be written) fail at once. A failed init that logged in revokes
+//!   its token, so no credential outlives it.
+//! - [`sidecar`]: adopt the same state (one login and one credential per dynamic secret
+//!   per pod), then run one scheduler loop over the token and every distinct source,
+//!   sleeping until the earliest due action (rules in [`schedule`]). On SIGTERM it waits
+//!   `revoke_delay_secs`, revokes its token (which revokes every lease the token
+//!   created) and any token it replaced, within [`REVOKE_TIMEOUT`], and returns.
 //!
-//! Log events carry `secret.name`, `secret.path`, `file` and `changed`; never a value,
-//! a token or the JWT.
+//! Token lifecycle: renewed at about 2/3 of its TTL; when a renewal is capped by the max
+//! TTL the agent logs in again a third of the TTL before expiry, re-issues every leased
+//! credential under the new token (they would die with the old one), writes and notifies,
+//! and revokes the old token after a grace period. Login failures back off (capped,
+//! jittered, exponential) and never drop a token that is still valid. A 403 on a read is
+//! classified with `lookup-self` first: only a token that is really gone leads to a new
+//! login; a path the policy denies is reported by name.
+//!
+//! Log events carry `secret.name`, `secret.path`, `file`, `changed`, `lease.id`,
+//! `lease.ttl_secs`, `token.accessor`; never a value, a token or the JWT.
 
 use std::{future::Future, path::PathBuf, time::Duration};
 
@@ -24,10 +31,15 @@ use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    contract::config::{AgentConfig, AuthMethod, SecretSpec},
+    contract::config::{AgentConfig, AuthMethod},
     files, kv, notify, render,
+    schedule::{self, Action},
+    source::{self, Held, Source},
+    state,
     vault::{self, Client},
 };
+
+pub use crate::schedule::Backoff;
 
 /// How long the sidecar tries to revoke its token on shutdown. Well under the default
 /// `terminationGracePeriodSeconds` of 30 s.
@@ -165,97 +177,139 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Capped, jittered exponential backoff: 250 ms doubling to 10 s, each wait ±20 %.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    pub const FIRST: Duration = Duration::from_millis(250);
-    pub const MAX: Duration = Duration::from_secs(10);
-
-    pub fn new() -> Self {
-        Backoff { next: Self::FIRST }
-    }
-
-    /// The next wait.
-    pub fn next_wait(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (base * 2).min(Self::MAX);
-        // Jitter spreads the retries of many pods restarted together.
-        base.mul_f64(rand::random_range(0.8..=1.2))
-    }
-
-    pub fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// The current token's schedule.
-#[derive(Debug)]
+/// The agent's token and its schedule.
 struct TokenState {
+    token: SecretString,
     accessor: Option<String>,
-    /// When to renew or replace the token.
-    refresh_at: Instant,
-    /// Whether a renewal is worth trying at `refresh_at` (or a new login is needed).
-    renew: bool,
-    /// The TTL the login granted, to notice renewals capped by the max TTL.
-    login_ttl: Duration,
+    /// TTL granted at login; renewals ask for it again.
+    ttl: Duration,
+    renewable: bool,
+    expires: Instant,
+    action: Action,
+    due: Instant,
 }
 
 impl TokenState {
-    fn new(token: &vault::Token, login_ttl: Option<Duration>) -> Self {
+    fn from_login(token: &vault::Token, now: Instant) -> Self {
         let ttl = Duration::from_secs(token.lease_duration);
-        let login_ttl = login_ttl.unwrap_or(ttl);
-        let refresh_at = if ttl.is_zero() {
-            // A token without expiry (possible with a periodic or root-like token)
-            // never needs refreshing; check again in a day anyway.
-            Instant::now() + Duration::from_secs(86_400)
-        } else {
-            Instant::now() + ttl.mul_f64(2.0 / 3.0)
-        };
-        // A renewal that grants under a third of the login's TTL is hitting the max
-        // TTL; the next refresh logs in again instead.
-        let renew = token.renewable && ttl >= login_ttl / 3;
-        TokenState {
+        let mut state = TokenState {
+            token: token.client_token.clone(),
             accessor: token.accessor.clone(),
-            refresh_at,
-            renew,
-            login_ttl,
+            ttl,
+            renewable: token.renewable,
+            expires: now,
+            action: Action::Renew,
+            due: now,
+        };
+        state.granted(now, ttl, token.renewable);
+        state
+    }
+
+    /// Reschedules after Vault granted `granted` at `now`.
+    fn granted(&mut self, now: Instant, granted: Duration, renewable: bool) {
+        if self.ttl.is_zero() {
+            // A token without expiry (periodic or root-like) never needs a renewal;
+            // look again in a day anyway.
+            self.expires = now + Duration::from_secs(10 * 365 * 86_400);
+            self.action = Action::Renew;
+            self.due = now + Duration::from_secs(86_400);
+            return;
         }
+        self.expires = now + granted;
+        self.renewable = renewable;
+        (self.action, self.due) =
+            schedule::after_grant(now, self.ttl, granted, renewable, schedule::jitter());
+    }
+
+    fn accessor(&self) -> &str {
+        self.accessor.as_deref().unwrap_or("")
     }
 }
 
-/// One agent: its configuration, Vault client, mount knowledge and token.
+/// A replaced token, revoked (with its leases) once the app has switched over.
+struct Retiring {
+    token: SecretString,
+    accessor: String,
+    revoke_at: Instant,
+}
+
+/// A replaced lease of the current token, revoked after a grace period.
+struct LeaseRevocation {
+    lease_id: String,
+    path: String,
+    at: Instant,
+}
+
+/// One agent: configuration, Vault client, token, sources and pending revocations.
 struct Agent {
     config: AgentConfig,
     dir: PathBuf,
+    state_dir: PathBuf,
     client: Client,
     kv: kv::Resolver,
     token: Option<TokenState>,
+    retiring: Vec<Retiring>,
+    revocations: Vec<LeaseRevocation>,
+    sources: Vec<Source>,
+    login_backoff: Backoff,
+    login_retry_at: Option<Instant>,
+    notifier: Option<notify::Dispatcher>,
+    /// The policy refused `sys/leases/revoke` once: replaced leases are left to expire.
+    lease_revoke_denied: bool,
 }
 
 impl Agent {
-    fn new(config: AgentConfig) -> Result<Self> {
+    fn new(config: AgentConfig, notifications: bool) -> Result<Self> {
         let client = Client::new(&config.vault).map_err(Error::Client)?;
-        let dir = PathBuf::from(&config.secrets_dir);
-        let swept = files::remove_stale_temps(&dir);
-        if swept > 0 {
-            info!(removed = swept, dir = %dir.display(), "removed temporary files left by an earlier run");
+        if config.vault.tls_skip_verify {
+            warn!(
+                vault.addr = %client.addr(),
+                "TLS verification of Vault's certificate is OFF (tls-skip-verify): anyone on \
+                 the network path can read the token and every secret"
+            );
         }
+        let dir = PathBuf::from(&config.secrets_dir);
+        let state_dir = PathBuf::from(&config.state_dir);
+        let swept = files::remove_stale_temps(&dir) + files::remove_stale_temps(&state_dir);
+        if swept > 0 {
+            info!(
+                removed = swept,
+                "removed temporary files left by an earlier run"
+            );
+        }
+        let now = Instant::now();
+        let default_refresh = config.refresh_secs;
+        let sources = source::group(
+            config.secrets.iter().map(|s| {
+                let secs = s.refresh_secs.unwrap_or(default_refresh).max(1);
+                (s.path.as_str(), &s.params, Duration::from_secs(secs))
+            }),
+            now,
+        );
+        // Only secrets with a `notify` need the dispatcher (and its HTTP client).
+        let notifier = if notifications && config.secrets.iter().any(|s| s.notify.is_some()) {
+            let notifier = notify::Notifier::new().map_err(Error::Notify)?;
+            Some(notify::Dispatcher::new(
+                notifier,
+                notify::Backoff::default(),
+            ))
+        } else {
+            None
+        };
         Ok(Agent {
             config,
             dir,
+            state_dir,
             client,
             kv: kv::Resolver::default(),
             token: None,
+            retiring: Vec::new(),
+            revocations: Vec::new(),
+            sources,
+            login_backoff: Backoff::new(),
+            login_retry_at: None,
+            notifier,
+            lease_revoke_denied: false,
         })
     }
 
@@ -272,6 +326,9 @@ impl Agent {
         Ok(SecretString::from(jwt))
     }
 
+    /// Logs in. A token held so far is kept until the new one is there; then it is
+    /// retired (revoked after a grace period) and every leased credential is re-issued
+    /// under the new token, since Vault revokes leases with the token that made them.
     async fn login(&mut self) -> Result<()> {
         // Re-read at every login: the kubelet rotates the projected token.
         let jwt = self.read_jwt()?;
@@ -301,50 +358,220 @@ impl Agent {
                 },
             }
         })?;
+        let now = Instant::now();
+        let new = TokenState::from_login(&token, now);
         info!(
             auth.role = %auth.role,
             auth.mount = %auth.mount_path,
-            token.accessor = token.accessor.as_deref().unwrap_or(""),
+            token.accessor = new.accessor(),
             token.ttl_secs = token.lease_duration,
             token.renewable = token.renewable,
             "logged in to Vault"
         );
-        self.token = Some(TokenState::new(&token, None));
-        Ok(())
-    }
 
-    /// Renews or replaces the token if its refresh time has come.
-    async fn refresh_token(&mut self) -> Result<()> {
-        let Some(state) = &self.token else {
-            return self.login().await;
-        };
-        if Instant::now() < state.refresh_at {
-            return Ok(());
-        }
-        if state.renew {
-            let login_ttl = state.login_ttl;
-            match self.client.renew_self().await {
-                Ok(token) => {
-                    debug!(token.ttl_secs = token.lease_duration, "token renewed");
-                    self.token = Some(TokenState::new(&token, Some(login_ttl)));
-                    return Ok(());
-                }
-                Err(e) => {
-                    warn!(error = %error_chain(&e), "token renewal failed; logging in again");
+        if let Some(old) = self.token.replace(new) {
+            let old_accessor = old.accessor.clone();
+            match schedule::replaced_grace(old.expires.saturating_duration_since(now)) {
+                Some(grace) => self.retiring.push(Retiring {
+                    token: old.token,
+                    accessor: old_accessor.clone().unwrap_or_default(),
+                    revoke_at: now + grace,
+                }),
+                None => debug!(
+                    token.accessor = old.accessor(),
+                    "old token expires on its own"
+                ),
+            }
+            for s in &mut self.sources {
+                let from_old = s.held.as_ref().is_some_and(|h| {
+                    h.kind.is_dynamic()
+                        && !h.lease_id.is_empty()
+                        && h.token_accessor == old_accessor
+                });
+                if from_old {
+                    s.action = Action::Reissue;
+                    s.due = now;
                 }
             }
         }
-        self.token = None;
-        self.client.clear_token();
-        self.login().await
+        self.login_backoff.reset();
+        self.login_retry_at = None;
+        Ok(())
     }
 
-    /// Reads, renders and writes one secret.
-    async fn sync(&mut self, index: usize) -> Result<files::Outcome> {
-        let spec: &SecretSpec = &self.config.secrets[index];
-        let read = self.kv.read(&self.client, &spec.path).await;
-        let resp = read.map_err(|source| {
-            let (name, path) = (spec.name.clone(), spec.path.clone());
+    /// Takes over the token and credentials a previous agent process of this pod left
+    /// in the state file, if they are still good. Returns whether a token was adopted.
+    async fn adopt(&mut self) -> bool {
+        let loaded = match state::load(&self.state_dir) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                debug!("no state to adopt");
+                return false;
+            }
+            Err(e) => {
+                warn!(error = %error_chain(&e), "the state file is unusable; starting fresh");
+                return false;
+            }
+        };
+        let vault = &self.config.vault;
+        let auth = &self.config.auth;
+        if loaded.vault_addr != vault.addr
+            || loaded.namespace != vault.namespace
+            || loaded.auth_mount != auth.mount_path
+            || loaded.role != auth.role
+        {
+            warn!("the state file is for another Vault address, namespace or role; starting fresh");
+            return false;
+        }
+        let now = Instant::now();
+        let record = &loaded.token;
+        let expires = schedule::from_wall(record.expires_ms);
+        if expires <= now + schedule::MIN_LEAD {
+            info!(
+                token.accessor = record.accessor.as_deref().unwrap_or(""),
+                "the handed-over token has expired; starting fresh"
+            );
+            return false;
+        }
+
+        self.client.set_token(&record.token);
+        match self.client.lookup_self().await {
+            Ok(info) if info.ttl > 0 || expires > now + Duration::from_secs(86_400) => {}
+            // A TLS or configuration problem: the fresh start reports it properly.
+            Err(e) if !e.is_transient() && !matches!(e, vault::Error::Forbidden { .. }) => {
+                self.client.clear_token();
+                debug!(error = %error_chain(&e), "cannot check the handed-over token");
+                return false;
+            }
+            Ok(_) | Err(vault::Error::Forbidden { .. }) => {
+                warn!(
+                    token.accessor = record.accessor.as_deref().unwrap_or(""),
+                    "the handed-over token is no longer valid; starting fresh"
+                );
+                self.client.clear_token();
+                return false;
+            }
+            // Vault unreachable: the token was valid when written and is within its TTL;
+            // keep it rather than fail (a login would not work either).
+            Err(e) => {
+                warn!(error = %error_chain(&e), "could not confirm the handed-over token; adopting it")
+            }
+        }
+        self.token = Some(TokenState {
+            token: record.token.clone(),
+            accessor: record.accessor.clone(),
+            ttl: Duration::from_secs(record.ttl_secs),
+            renewable: record.renewable,
+            expires,
+            action: record.action,
+            due: schedule::from_wall(record.next_ms),
+        });
+        self.kv.remember(loaded.mounts);
+
+        let mut adopted = 0;
+        for record in loaded.sources {
+            let key = source::Key {
+                path: record.path,
+                params: record.params,
+            };
+            let Some(index) = self.sources.iter().position(|s| s.key == key) else {
+                continue;
+            };
+            let expires = schedule::from_wall(record.expires_ms);
+            if record.kind.is_dynamic() && expires <= now + schedule::MIN_LEAD {
+                continue;
+            }
+            let s = &mut self.sources[index];
+            s.held = Some(Held {
+                data: record.data,
+                kind: record.kind,
+                lease_id: record.lease_id,
+                ttl: Duration::from_secs(record.ttl_secs),
+                renewable: record.renewable,
+                expires,
+                token_accessor: record.token_accessor,
+            });
+            s.action = record.action;
+            s.due = schedule::from_wall(record.next_ms);
+            adopted += 1;
+        }
+        info!(
+            token.accessor = self.token.as_ref().map_or("", TokenState::accessor),
+            sources = adopted,
+            "adopted the token and credentials handed over in the state file"
+        );
+        for index in 0..self.sources.len() {
+            if self.sources[index].held.is_some()
+                && let Err(e) = self.render(index)
+            {
+                warn!(error = %error_chain(&e), "rendering an adopted secret failed");
+            }
+        }
+        true
+    }
+
+    /// Writes the state file for the next agent process of this pod.
+    fn save_state(&self) {
+        let Some(token) = &self.token else {
+            return;
+        };
+        let vault = &self.config.vault;
+        let record = state::State {
+            version: state::VERSION,
+            vault_addr: vault.addr.clone(),
+            namespace: vault.namespace.clone(),
+            auth_mount: self.config.auth.mount_path.clone(),
+            role: self.config.auth.role.clone(),
+            token: state::TokenRecord {
+                token: token.token.clone(),
+                accessor: token.accessor.clone(),
+                ttl_secs: token.ttl.as_secs(),
+                renewable: token.renewable,
+                expires_ms: schedule::to_wall(token.expires),
+                next_ms: schedule::to_wall(token.due),
+                action: token.action,
+            },
+            mounts: self.kv.mounts(),
+            sources: self
+                .sources
+                .iter()
+                .filter_map(|s| {
+                    let h = s.held.as_ref()?;
+                    Some(state::SourceRecord {
+                        path: s.key.path.clone(),
+                        params: s.key.params.clone(),
+                        kind: h.kind,
+                        lease_id: h.lease_id.clone(),
+                        ttl_secs: h.ttl.as_secs(),
+                        renewable: h.renewable,
+                        expires_ms: schedule::to_wall(h.expires),
+                        next_ms: schedule::to_wall(s.due),
+                        action: s.action,
+                        token_accessor: h.token_accessor.clone(),
+                        data: h.data.clone(),
+                    })
+                })
+                .collect(),
+        };
+        if let Err(e) = state::save(&self.state_dir, &record) {
+            // The files are what the app needs; without the state a restarted agent
+            // only logs in again.
+            warn!(error = %error_chain(&e), "could not write the state file");
+        }
+    }
+
+    /// Fetches source `index` afresh (read, or write with parameters), renders its
+    /// secrets and schedules the old credential's revocation.
+    async fn fetch(&mut self, index: usize) -> Result<()> {
+        let key = self.sources[index].key.clone();
+        let first = self.sources[index].secrets[0];
+        let result = if key.params.is_empty() {
+            self.kv.read(&self.client, &key.path).await
+        } else {
+            self.client.write(&key.path, &key.params).await
+        };
+        let resp = result.map_err(|source| {
+            let (name, path) = (self.config.secrets[first].name.clone(), key.path.clone());
             match source {
                 vault::Error::NotFound { .. } => Error::NotFound {
                     name,
@@ -365,96 +592,420 @@ impl Agent {
             }
         })?;
 
-        let bytes =
-            render::render(&spec.format, resp.data.expose()).map_err(|source| Error::Render {
-                name: spec.name.clone(),
-                source,
-            })?;
-        let outcome = files::write(&self.dir, &spec.file, &bytes, spec.mode).map_err(|source| {
-            Error::Write {
-                name: spec.name.clone(),
-                file: spec.file.clone(),
-                source,
-            }
-        })?;
-
-        let changed = outcome.changed();
-        if changed {
-            info!(secret.name = %spec.name, secret.path = %spec.path, file = %spec.file, changed, "secret rendered");
-        } else {
-            debug!(secret.name = %spec.name, secret.path = %spec.path, file = %spec.file, changed, "secret unchanged");
+        let now = Instant::now();
+        let accessor = self.token.as_ref().and_then(|t| t.accessor.clone());
+        let s = &mut self.sources[index];
+        let (held, action, due) =
+            Held::from_response(resp, now, s.refresh, accessor.clone(), schedule::jitter());
+        if held.kind.is_dynamic() {
+            info!(
+                secret.path = %key.path,
+                lease.id = %held.lease_id,
+                lease.ttl_secs = held.ttl.as_secs(),
+                lease.renewable = held.renewable,
+                kind = ?held.kind,
+                next_in_ms = due.saturating_duration_since(now).as_millis() as u64,
+                "credential issued"
+            );
         }
-        Ok(outcome)
+        let old = s.held.replace(held);
+        s.action = action;
+        s.due = due;
+
+        // A replaced lease of the current token is revoked once the app has switched;
+        // one of an older token goes with that token.
+        if let Some(old) = old
+            && old.kind.is_dynamic()
+            && !old.lease_id.is_empty()
+            && old.token_accessor == accessor
+            && let Some(grace) =
+                schedule::replaced_grace(old.expires.saturating_duration_since(now))
+        {
+            self.revocations.push(LeaseRevocation {
+                lease_id: old.lease_id,
+                path: key.path.clone(),
+                at: now + grace,
+            });
+        }
+        self.render(index)
     }
 
-    /// After a 403 on a read: is the token itself gone? Then forget it, so the next
-    /// round logs in again.
-    async fn check_token_after_forbidden(&mut self) {
-        if let Err(vault::Error::Forbidden { .. }) = self.client.lookup_self().await {
-            warn!("the Vault token is no longer valid; logging in again");
+    /// Renders every secret of source `index` from the data held, notifying the app of
+    /// each file that really changed.
+    fn render(&mut self, index: usize) -> Result<()> {
+        let s = &self.sources[index];
+        let Some(held) = &s.held else {
+            return Ok(());
+        };
+        for &i in &s.secrets {
+            let spec = &self.config.secrets[i];
+            let bytes = render::render(&spec.format, held.data.expose()).map_err(|source| {
+                Error::Render {
+                    name: spec.name.clone(),
+                    source,
+                }
+            })?;
+            let outcome =
+                files::write(&self.dir, &spec.file, &bytes, spec.mode).map_err(|source| {
+                    Error::Write {
+                        name: spec.name.clone(),
+                        file: spec.file.clone(),
+                        source,
+                    }
+                })?;
+            let changed = outcome.changed();
+            if changed {
+                info!(secret.name = %spec.name, secret.path = %spec.path, file = %spec.file, changed, "secret rendered");
+                if let (Some(n), Some(dispatcher)) = (&spec.notify, &self.notifier) {
+                    dispatcher.spawn_notify(&spec.name, n);
+                }
+            } else {
+                debug!(secret.name = %spec.name, secret.path = %spec.path, file = %spec.file, changed, "secret unchanged");
+            }
+        }
+        Ok(())
+    }
+
+    /// Renews the lease of source `index` in place.
+    async fn renew_lease(&mut self, index: usize) {
+        let Some(held) = &self.sources[index].held else {
+            return;
+        };
+        let (lease_id, ttl, expires) = (held.lease_id.clone(), held.ttl, held.expires);
+        let path = self.sources[index].key.path.clone();
+        let result = self.client.renew_lease(&lease_id, ttl.as_secs()).await;
+        let now = Instant::now();
+        let s = &mut self.sources[index];
+        match result {
+            Ok(grant) => {
+                let granted = Duration::from_secs(grant.lease_duration);
+                let (action, due) =
+                    schedule::after_grant(now, ttl, granted, grant.renewable, schedule::jitter());
+                info!(
+                    secret.path = %path,
+                    lease.id = %lease_id,
+                    lease.ttl_secs = grant.lease_duration,
+                    capped = action == Action::Reissue,
+                    next_in_ms = due.saturating_duration_since(now).as_millis() as u64,
+                    "lease renewed"
+                );
+                if let Some(h) = &mut s.held {
+                    h.expires = now + granted;
+                    h.renewable = grant.renewable;
+                }
+                s.action = action;
+                s.due = due;
+                s.backoff.reset();
+            }
+            Err(e) if e.is_transient() => {
+                let wait = s.backoff.next_wait();
+                // Too close to expiry for another try: replace it instead.
+                if now + wait + schedule::MIN_LEAD >= expires {
+                    s.action = Action::Reissue;
+                }
+                warn!(secret.path = %path, lease.id = %lease_id, error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "lease renewal failed");
+                s.due = now + wait;
+            }
+            Err(e) => {
+                // Revoked or unknown lease (or a token gone, checked by the fetch that
+                // follows): replace the credential now.
+                warn!(secret.path = %path, lease.id = %lease_id, error = %error_chain(&e), "lease cannot be renewed; issuing a new credential");
+                s.action = Action::Reissue;
+                s.due = now;
+            }
+        }
+    }
+
+    /// Renews the token, or marks it for a new login.
+    async fn renew_token(&mut self) {
+        let Some(token) = &self.token else {
+            return;
+        };
+        let asked = token.ttl.as_secs();
+        let result = self.client.renew_self(asked).await;
+        let now = Instant::now();
+        match result {
+            Ok(grant) => {
+                if let Some(t) = &mut self.token {
+                    t.granted(
+                        now,
+                        Duration::from_secs(grant.lease_duration),
+                        grant.renewable,
+                    );
+                    info!(
+                        token.ttl_secs = grant.lease_duration,
+                        capped = t.action == Action::Reissue,
+                        next_in_ms = t.due.saturating_duration_since(now).as_millis() as u64,
+                        "token renewed"
+                    );
+                }
+            }
+            Err(e) if e.is_transient() => {
+                let wait = self.login_backoff.next_wait();
+                warn!(error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "token renewal failed; the token stays in use");
+                if let Some(t) = &mut self.token {
+                    t.due = now + wait;
+                }
+            }
+            Err(e) => {
+                warn!(error = %error_chain(&e), "token renewal refused; logging in again");
+                if let Some(t) = &mut self.token {
+                    t.action = Action::Reissue;
+                    t.due = now;
+                }
+            }
+        }
+    }
+
+    /// After a 403: is the token itself gone? Then forget it, so the next step logs in
+    /// again. Returns whether it was gone.
+    async fn token_gone_after_forbidden(&mut self) -> bool {
+        match self.client.lookup_self().await {
+            Err(vault::Error::Forbidden { .. }) => {
+                warn!("the Vault token is no longer valid; logging in again");
+                self.token = None;
+                self.client.clear_token();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Does everything due by now and returns when the next thing is due.
+    async fn step(&mut self) -> Instant {
+        let now = Instant::now();
+
+        // The token first: every other call needs it.
+        if let Some(t) = &self.token
+            && t.expires <= now
+        {
+            warn!(token.accessor = t.accessor(), "the Vault token expired");
             self.token = None;
             self.client.clear_token();
         }
-    }
-
-    /// Revokes the token, bounded by [`REVOKE_TIMEOUT`].
-    async fn revoke(&mut self) {
-        let Some(state) = self.token.take() else {
-            info!("no token to revoke");
-            return;
-        };
-        let accessor = state.accessor.unwrap_or_default();
-        match timeout(REVOKE_TIMEOUT, self.client.revoke_self()).await {
-            Ok(Ok(())) => info!(token.accessor = %accessor, "token revoked"),
-            Ok(Err(e)) => warn!(
-                token.accessor = %accessor,
-                error = %error_chain(&e),
-                "could not revoke the token; it stays valid until its TTL runs out"
-            ),
-            Err(_) => warn!(
-                token.accessor = %accessor,
-                timeout_secs = REVOKE_TIMEOUT.as_secs(),
-                "revoking the token timed out; it stays valid until its TTL runs out"
-            ),
+        let token_due = self.token.as_ref().is_none_or(|t| t.due <= now);
+        let may_login = self.login_retry_at.is_none_or(|at| at <= now);
+        if token_due && may_login {
+            let relogin = self
+                .token
+                .as_ref()
+                .is_none_or(|t| t.action == Action::Reissue);
+            if relogin {
+                if let Err(e) = self.login().await {
+                    let wait = self.login_backoff.next_wait();
+                    let level_error = self.token.is_none();
+                    if level_error {
+                        error!(error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "cannot log in to Vault");
+                    } else {
+                        warn!(error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "cannot log in to Vault; the current token stays in use");
+                    }
+                    self.login_retry_at = Some(Instant::now() + wait);
+                }
+            } else {
+                self.renew_token().await;
+            }
         }
-    }
-
-    /// Logs in if needed and syncs every secret still in `pending`, removing each
-    /// one that succeeds.
-    async fn render_pending(&mut self, pending: &mut Vec<usize>) -> Result<()> {
         if self.token.is_none() {
-            self.login().await?;
+            self.save_state();
+            return self.login_retry_at.unwrap_or_else(Instant::now);
         }
-        while let Some(&index) = pending.first() {
-            self.sync(index).await?;
-            pending.remove(0);
+
+        for index in 0..self.sources.len() {
+            if self.sources[index].due > Instant::now() {
+                continue;
+            }
+            if !self.sources[index].needs_fetch() {
+                self.renew_lease(index).await;
+                if !self.sources[index].needs_fetch() {
+                    continue;
+                }
+            }
+            match self.fetch(index).await {
+                Ok(()) => {
+                    let s = &mut self.sources[index];
+                    if s.failing {
+                        info!(secret.path = %s.key.path, "secret readable again");
+                    }
+                    s.failing = false;
+                    s.backoff.reset();
+                }
+                Err(e) => {
+                    let forbidden = matches!(e, Error::Forbidden { .. });
+                    if forbidden && self.token_gone_after_forbidden().await {
+                        self.sources[index].due = Instant::now();
+                        self.save_state();
+                        return Instant::now();
+                    }
+                    let s = &mut self.sources[index];
+                    // Retry sooner than the refresh interval, but never busier than it
+                    // when the interval is short.
+                    let mut wait = s.backoff.next_wait();
+                    if !s.held.as_ref().is_some_and(|h| h.kind.is_dynamic()) {
+                        wait = wait.min(s.refresh.max(Backoff::FIRST));
+                    }
+                    let message = if forbidden {
+                        "the Vault policy denies this path; keeping the last good file"
+                    } else {
+                        "refresh failed; keeping the last good file"
+                    };
+                    warn!(secret.path = %s.key.path, error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "{message}");
+                    s.failing = true;
+                    s.due = Instant::now() + wait;
+                }
+            }
         }
-        Ok(())
+
+        self.revoke_due().await;
+        self.save_state();
+
+        [
+            self.token.as_ref().map(|t| t.due),
+            self.login_retry_at,
+            self.sources.iter().map(|s| s.due).min(),
+            self.retiring.iter().map(|r| r.revoke_at).min(),
+            self.revocations.iter().map(|r| r.at).min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+    }
+
+    /// Revokes replaced tokens and leases whose grace period is over. Best effort: what
+    /// fails expires at its TTL.
+    async fn revoke_due(&mut self) {
+        let now = Instant::now();
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retiring)
+            .into_iter()
+            .partition(|r| r.revoke_at <= now);
+        self.retiring = keep;
+        for old in due {
+            match self.client.revoke_other(&old.token).await {
+                Ok(()) => {
+                    info!(token.accessor = %old.accessor, "replaced token revoked with its leases")
+                }
+                Err(e) => {
+                    warn!(token.accessor = %old.accessor, error = %error_chain(&e), "could not revoke the replaced token; it expires at its TTL")
+                }
+            }
+        }
+
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.revocations)
+            .into_iter()
+            .partition(|r| r.at <= now);
+        self.revocations = keep;
+        for old in due {
+            if self.lease_revoke_denied {
+                continue;
+            }
+            match self.client.revoke_lease(&old.lease_id).await {
+                Ok(()) => {
+                    info!(secret.path = %old.path, lease.id = %old.lease_id, "replaced lease revoked")
+                }
+                Err(vault::Error::Forbidden { .. }) => {
+                    self.lease_revoke_denied = true;
+                    warn!(
+                        secret.path = %old.path,
+                        lease.id = %old.lease_id,
+                        "the Vault policy does not allow revoking replaced leases (sys/leases/revoke); they expire at their TTL"
+                    );
+                }
+                Err(e) => {
+                    warn!(secret.path = %old.path, lease.id = %old.lease_id, error = %error_chain(&e), "could not revoke the replaced lease; it expires at its TTL")
+                }
+            }
+        }
+    }
+
+    /// Revokes the current token and every replaced one, together within
+    /// [`REVOKE_TIMEOUT`]. Revoking a token revokes every lease it created. Returns
+    /// whether everything was revoked.
+    async fn revoke_all(&mut self) -> bool {
+        let leases: Vec<String> = self
+            .sources
+            .iter()
+            .filter_map(|s| s.held.as_ref())
+            .filter(|h| !h.lease_id.is_empty())
+            .map(|h| h.lease_id.clone())
+            .collect();
+        let Some(current) = self.token.take() else {
+            info!("no token to revoke");
+            return self.retiring.is_empty();
+        };
+        let mut tokens = vec![(current.accessor().to_owned(), current.token.clone())];
+        tokens.extend(
+            std::mem::take(&mut self.retiring)
+                .into_iter()
+                .map(|r| (r.accessor, r.token)),
+        );
+
+        // One deadline for the whole step: when Vault is unreachable the pod still
+        // stops in time.
+        let mut revoked = 0;
+        let client = &self.client;
+        let attempt = async {
+            for (accessor, token) in &tokens {
+                match client.revoke_other(token).await {
+                    Ok(()) => {
+                        info!(token.accessor = %accessor, "token revoked with every lease it created");
+                        revoked += 1;
+                    }
+                    Err(e) => {
+                        warn!(
+                            token.accessor = %accessor,
+                            leases = ?leases,
+                            error = %error_chain(&e),
+                            "could not revoke the token; it and its leases stay valid until their TTL runs out"
+                        );
+                        return false;
+                    }
+                }
+            }
+            true
+        };
+        let ok = match timeout(REVOKE_TIMEOUT, attempt).await {
+            Ok(ok) => ok,
+            Err(_) => {
+                for (accessor, _) in &tokens[revoked..] {
+                    warn!(
+                        token.accessor = %accessor,
+                        leases = ?leases,
+                        timeout_secs = REVOKE_TIMEOUT.as_secs(),
+                        "revoking the token timed out; it and its leases stay valid until their TTL runs out"
+                    );
+                }
+                false
+            }
+        };
+        self.client.clear_token();
+        ok
     }
 }
 
 /// Init mode: renders every secret once, retrying transient failures until `deadline`
-/// has passed since the call.
+/// has passed since the call, writes the state for the sidecar and returns without
+/// revoking the token.
 pub async fn init(config: AgentConfig, deadline: Duration) -> Result<()> {
     let until = Instant::now() + deadline;
-    let mut agent = Agent::new(config)?;
+    let mut agent = Agent::new(config, false)?;
     info!(
         vault.addr = %agent.client.addr(),
         auth.role = %agent.config.auth.role,
         secrets = agent.config.secrets.len(),
+        sources = agent.sources.len(),
         deadline_secs = deadline.as_secs(),
         "rendering secrets"
     );
+    let adopted = timeout_at(until, agent.adopt()).await.unwrap_or(false);
 
-    let mut pending: Vec<usize> = (0..agent.config.secrets.len()).collect();
     let mut backoff = Backoff::new();
-    loop {
-        let err = match timeout_at(until, agent.render_pending(&mut pending)).await {
-            Ok(Ok(())) => break,
-            Ok(Err(e)) if !e.is_transient() => return Err(e),
+    let result = loop {
+        let err = match timeout_at(until, init_round(&mut agent)).await {
+            Ok(Ok(())) => break Ok(()),
+            Ok(Err(e)) if !e.is_transient() => break Err(e),
             Ok(Err(e)) => e,
             Err(_) => {
-                return Err(Error::NoAnswer {
+                break Err(Error::NoAnswer {
                     addr: agent.client.addr().to_owned(),
                     deadline,
                 });
@@ -462,86 +1013,84 @@ pub async fn init(config: AgentConfig, deadline: Duration) -> Result<()> {
         };
         let wait = backoff.next_wait();
         if Instant::now() + wait >= until {
-            return Err(Error::Deadline {
+            break Err(Error::Deadline {
                 deadline,
                 last: Box::new(err),
             });
         }
         warn!(error = %error_chain(&err), retry_in_ms = wait.as_millis() as u64, "will retry");
         sleep_until(Instant::now() + wait).await;
-    }
+    };
 
-    info!(secrets = agent.config.secrets.len(), "all secrets rendered");
-    Ok(())
+    match result {
+        Ok(()) => {
+            agent.save_state();
+            info!(
+                secrets = agent.config.secrets.len(),
+                token.accessor = agent.token.as_ref().map_or("", TokenState::accessor),
+                "all secrets rendered; token and leases handed to the sidecar"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            // Nobody will adopt what this run created: take it back.
+            if !adopted && agent.token.is_some() {
+                agent.revoke_all().await;
+            }
+            Err(e)
+        }
+    }
 }
 
-/// Per-secret refresh schedule in the sidecar.
-#[derive(Debug)]
-struct Due {
-    at: Instant,
-    backoff: Backoff,
-    /// Whether this secret has failed since its last success (to log recovery once).
-    failing: bool,
+/// Logs in if needed and fetches every source not held yet.
+async fn init_round(agent: &mut Agent) -> Result<()> {
+    if agent.token.is_none() {
+        agent.login().await?;
+    }
+    for index in 0..agent.sources.len() {
+        if agent.sources[index].held.is_none() {
+            agent.fetch(index).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Sidecar mode: keeps every secret fresh until `shutdown` completes, then revokes the
 /// token. Returns `Ok` on shutdown; failures while running are logged and retried,
 /// never fatal, so the app keeps its last good files.
 pub async fn sidecar(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let mut agent = Agent::new(config)?;
+    let mut agent = Agent::new(config, true)?;
     info!(
         vault.addr = %agent.client.addr(),
         auth.role = %agent.config.auth.role,
         secrets = agent.config.secrets.len(),
+        sources = agent.sources.len(),
         "keeping secrets fresh"
     );
 
-    let now = Instant::now();
-    let mut due: Vec<Due> = agent
-        .config
-        .secrets
-        .iter()
-        .map(|_| Due {
-            at: now,
-            backoff: Backoff::new(),
-            failing: false,
-        })
-        .collect();
-    let mut login_backoff = Backoff::new();
-    let mut login_retry_at: Option<Instant> = None;
-    // Only secrets with a `notify` need the dispatcher (and its HTTP client).
-    let notifier = if agent.config.secrets.iter().any(|s| s.notify.is_some()) {
-        let notifier = notify::Notifier::new().map_err(Error::Notify)?;
-        Some(notify::Dispatcher::new(
-            notifier,
-            notify::Backoff::default(),
-        ))
-    } else {
-        None
-    };
-
     tokio::pin!(shutdown);
+    tokio::select! {
+        () = &mut shutdown => return finish(agent).await,
+        _ = agent.adopt() => {}
+    }
     loop {
-        let round = sidecar_round(
-            &mut agent,
-            &mut due,
-            &mut login_backoff,
-            &mut login_retry_at,
-            notifier.as_ref(),
-        );
         let wake = tokio::select! {
             () = &mut shutdown => break,
-            wake = round => wake,
+            wake = agent.step() => wake,
         };
         tokio::select! {
             () = &mut shutdown => break,
             () = sleep_until(wake) => {}
         }
     }
+    finish(agent).await
+}
 
+/// The shutdown sequence: let notifications end, wait the revoke delay, revoke.
+async fn finish(mut agent: Agent) -> Result<()> {
     let delay = Duration::from_secs(agent.config.revoke_delay_secs);
     info!(revoke_delay_secs = delay.as_secs(), "shutting down");
-    if let Some(dispatcher) = &notifier
+    if let Some(dispatcher) = &agent.notifier
         && !dispatcher.shutdown(NOTIFY_GRACE).await
     {
         warn!("notifications still running at shutdown were abandoned");
@@ -551,98 +1100,12 @@ pub async fn sidecar(config: AgentConfig, shutdown: impl Future<Output = ()>) ->
         // revocation; the kubelet's SIGKILL bounds it in any case.
         tokio::time::sleep(delay).await;
     }
-    agent.revoke().await;
-    Ok(())
-}
-
-/// One pass of the sidecar: refresh the token if due, then sync each due secret.
-/// Returns when the next pass is needed.
-async fn sidecar_round(
-    agent: &mut Agent,
-    due: &mut [Due],
-    login_backoff: &mut Backoff,
-    login_retry_at: &mut Option<Instant>,
-    notifier: Option<&notify::Dispatcher>,
-) -> Instant {
-    let now = Instant::now();
-    if let Some(at) = *login_retry_at
-        && now < at
+    if agent.revoke_all().await
+        && let Err(e) = state::remove(&agent.state_dir)
     {
-        return at;
+        warn!(error = %e, "could not remove the state file");
     }
-    match agent.refresh_token().await {
-        Ok(()) => {
-            login_backoff.reset();
-            *login_retry_at = None;
-        }
-        Err(e) => {
-            let wait = login_backoff.next_wait();
-            error!(error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "cannot log in to Vault");
-            let at = Instant::now() + wait;
-            *login_retry_at = Some(at);
-            return at;
-        }
-    }
-
-    for (index, slot) in due.iter_mut().enumerate() {
-        if Instant::now() < slot.at {
-            continue;
-        }
-        let spec = &agent.config.secrets[index];
-        let refresh = Duration::from_secs(
-            spec.refresh_secs
-                .unwrap_or(agent.config.refresh_secs)
-                .max(1),
-        );
-        match agent.sync(index).await {
-            Ok(outcome) => {
-                let spec = &agent.config.secrets[index];
-                if let (true, Some(spec_notify), Some(dispatcher)) =
-                    (outcome.changed(), &spec.notify, notifier)
-                {
-                    dispatcher.spawn_notify(&spec.name, spec_notify);
-                }
-                if slot.failing {
-                    info!(secret.name = %agent.config.secrets[index].name, "secret readable again");
-                }
-                slot.failing = false;
-                slot.backoff.reset();
-                slot.at = Instant::now() + refresh;
-            }
-            Err(e) => {
-                let forbidden = matches!(e, Error::Forbidden { .. });
-                // Retry sooner than the refresh interval, but never busier than it
-                // when the interval is short.
-                let wait = slot.backoff.next_wait().min(refresh.max(Backoff::FIRST));
-                let spec = &agent.config.secrets[index];
-                warn!(
-                    secret.name = %spec.name,
-                    secret.path = %spec.path,
-                    file = %spec.file,
-                    error = %error_chain(&e),
-                    retry_in_ms = wait.as_millis() as u64,
-                    "refresh failed; keeping the last good file"
-                );
-                slot.failing = true;
-                slot.at = Instant::now() + wait;
-                if forbidden {
-                    agent.check_token_after_forbidden().await;
-                    if agent.token.is_none() {
-                        // Log in again in the next pass and retry this secret then.
-                        return Instant::now();
-                    }
-                }
-            }
-        }
-    }
-
-    let next_secret = due.iter().map(|d| d.at).min();
-    let next_token = agent.token.as_ref().map(|t| t.refresh_at);
-    [next_secret, next_token]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or_else(|| Instant::now() + Duration::from_secs(60))
+    Ok(())
 }
 
 /// Completes on SIGTERM (what the kubelet sends to stop a container) or SIGINT (Ctrl-C
@@ -668,22 +1131,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_to_the_cap_with_bounded_jitter() {
-        let mut b = Backoff::new();
-        let mut base = Backoff::FIRST;
-        for _ in 0..12 {
-            let wait = b.next_wait();
-            assert!(
-                wait >= base.mul_f64(0.8) && wait <= base.mul_f64(1.2),
-                "{wait:?} vs {base:?}"
-            );
-            base = (base * 2).min(Backoff::MAX);
-        }
-        b.reset();
-        assert!(b.next_wait() <= Backoff::FIRST.mul_f64(1.2));
-    }
-
-    #[test]
     fn the_error_chain_reads_on_one_line() {
         let err = Error::Deadline {
             deadline: Duration::from_secs(3),
@@ -697,15 +1144,22 @@ mod tests {
     }
 
     #[test]
-    fn a_renewal_capped_far_below_the_login_ttl_leads_to_a_new_login() {
-        let token = |ttl| vault::Token {
+    fn a_renewal_capped_by_the_max_ttl_leads_to_a_new_login_before_expiry() {
+        let token = vault::Token {
             client_token: SecretString::from("x"),
-            lease_duration: ttl,
+            lease_duration: 30,
             renewable: true,
             accessor: None,
         };
-        assert!(TokenState::new(&token(3600), None).renew);
-        assert!(TokenState::new(&token(3000), Some(Duration::from_secs(3600))).renew);
-        assert!(!TokenState::new(&token(600), Some(Duration::from_secs(3600))).renew);
+        let now = Instant::now();
+        let mut t = TokenState::from_login(&token, now);
+        assert_eq!(t.action, Action::Renew);
+        assert!(t.due >= now + Duration::from_secs(18) && t.due <= now + Duration::from_secs(20));
+        t.granted(now, Duration::from_secs(12), true);
+        assert_eq!(t.action, Action::Reissue);
+        assert!(
+            t.due <= now + Duration::from_secs(2),
+            "relogin a third of 30 s before expiry"
+        );
     }
 }

@@ -17,7 +17,8 @@
 //!
 //! # TLS
 //!
-//! Verification is always on. With `ca_pem` set, only those CAs are trusted; without it,
+//! Verification is on unless `tls_skip_verify` is set, which the agent announces with a
+//! warning at every start. With `ca_pem` set, only those CAs are trusted; without it,
 //! the system roots (reqwest's platform verifier, which reads the image's CA bundle).
 
 use std::{fmt, time::Duration};
@@ -180,6 +181,14 @@ pub struct SecretResponse {
     pub renewable: bool,
 }
 
+/// What a lease renewal granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseGrant {
+    /// Seconds the lease now lives from the renewal.
+    pub lease_duration: u64,
+    pub renewable: bool,
+}
+
 /// What `sys/internal/ui/mounts/<path>` says about the mount holding a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountInfo {
@@ -262,6 +271,9 @@ impl Client {
                 real_host,
             }));
         }
+        if config.tls_skip_verify {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
         let http = builder.build().map_err(Error::Build)?;
 
         let namespace = match &config.namespace {
@@ -327,7 +339,26 @@ impl Client {
 
     /// Reads a secret at `path` (a logical path such as `secret/data/app`).
     pub async fn read(&self, path: &str) -> Result<SecretResponse> {
-        let (body, bytes) = self.call(Method::GET, path, None, true).await?;
+        self.fetch(path, None).await
+    }
+
+    /// Writes `params` to `path` and returns the response as a secret, for endpoints
+    /// that issue something on a write (`pki/issue/<role>`).
+    pub async fn write(
+        &self,
+        path: &str,
+        params: &std::collections::BTreeMap<String, String>,
+    ) -> Result<SecretResponse> {
+        self.fetch(path, Some(json!(params))).await
+    }
+
+    async fn fetch(&self, path: &str, body: Option<Value>) -> Result<SecretResponse> {
+        let method = if body.is_some() {
+            Method::PUT
+        } else {
+            Method::GET
+        };
+        let (body, bytes) = self.call(method, path, body, true).await?;
         let decode = |what| Error::Decode {
             path: path.to_owned(),
             bytes,
@@ -407,10 +438,12 @@ impl Client {
         })
     }
 
-    /// Extends the current token's lease; Vault may grant less than asked (max TTL).
-    pub async fn renew_self(&mut self) -> Result<Token> {
+    /// Extends the current token's lease by `increment` seconds; Vault may grant less
+    /// (the token's max TTL).
+    pub async fn renew_self(&mut self, increment: u64) -> Result<Token> {
+        let body = json!({ "increment": increment });
         let token = self
-            .auth_call(Method::POST, "auth/token/renew-self", Some(json!({})), true)
+            .auth_call(Method::POST, "auth/token/renew-self", Some(body), true)
             .await?;
         self.set_token(&token.client_token);
         Ok(token)
@@ -421,6 +454,47 @@ impl Client {
         self.call(Method::POST, "auth/token/revoke-self", None, true)
             .await?;
         self.clear_token();
+        Ok(())
+    }
+
+    /// Revokes `token`, which is not the current one (a token replaced by a new login),
+    /// with every lease it created. Needs nothing beyond the default policy.
+    pub async fn revoke_other(&self, token: &SecretString) -> Result<()> {
+        let mut value = HeaderValue::from_str(token.expose_secret()).map_err(|_| Error::NoToken)?;
+        value.set_sensitive(true);
+        self.call_as(Method::POST, "auth/token/revoke-self", None, Some(value))
+            .await?;
+        Ok(())
+    }
+
+    /// Extends a lease by `increment` seconds (`sys/leases/renew`, in the default
+    /// policy). Returns the seconds granted, which may be less (the lease's max TTL).
+    pub async fn renew_lease(&self, lease_id: &str, increment: u64) -> Result<LeaseGrant> {
+        let path = "sys/leases/renew";
+        let body = json!({ "lease_id": lease_id, "increment": increment });
+        let (body, bytes) = self.call(Method::PUT, path, Some(body), true).await?;
+        let body = body.ok_or(Error::Decode {
+            path: path.into(),
+            bytes,
+            what: "empty body",
+        })?;
+        Ok(LeaseGrant {
+            lease_duration: body
+                .get("lease_duration")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            renewable: body
+                .get("renewable")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        })
+    }
+
+    /// Revokes one lease through `sys/leases/revoke/<lease_id>`: the path form lets a
+    /// policy grant it per secrets path (`sys/leases/revoke/database/creds/app/*`).
+    pub async fn revoke_lease(&self, lease_id: &str) -> Result<()> {
+        let path = format!("sys/leases/revoke/{}", lease_id.trim_matches('/'));
+        self.call(Method::PUT, &path, None, true).await?;
         Ok(())
     }
 
@@ -474,14 +548,28 @@ impl Client {
         body: Option<Value>,
         with_token: bool,
     ) -> Result<(Option<Value>, usize)> {
+        let token = if with_token {
+            Some(self.token.clone().ok_or(Error::NoToken)?)
+        } else {
+            None
+        };
+        self.call_as(method, path, body, token).await
+    }
+
+    async fn call_as(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        token: Option<HeaderValue>,
+    ) -> Result<(Option<Value>, usize)> {
         let url = self.url(path);
         let mut req = self.http.request(method.clone(), url);
         if let Some(ns) = &self.namespace {
             req = req.header("X-Vault-Namespace", ns.clone());
         }
-        if with_token {
-            let token = self.token.as_ref().ok_or(Error::NoToken)?;
-            req = req.header("X-Vault-Token", token.clone());
+        if let Some(token) = token {
+            req = req.header("X-Vault-Token", token);
         }
         if let Some(body) = &body {
             req = req.json(body);
