@@ -7,6 +7,7 @@
 //!   classified, value-free errors.
 //! - [`kv`]: reads a secret the way the user wrote its path (KV v2 in either form).
 //! - [`render`]: secret data to file bytes.
+//! - [`template`]: Go text/template templates with consul-template's functions.
 //! - [`files`]: atomic, change-only writes into the secrets directory.
 //! - [`schedule`]: the timing rules (renew, replace, refresh, jitter, backoff).
 //! - [`source`]: distinct sources (path + parameters), their kind and what is held.
@@ -34,5 +35,7 @@ pub mod schedule;
 pub mod source;
 #[cfg(feature = "runtime")]
 pub mod state;
+#[cfg(feature = "runtime")]
+pub mod template;
 #[cfg(feature = "runtime")]
 pub mod vault;
