@@ -18,8 +18,18 @@
 //! side with [`PodRun::volume_path`]. Projected volumes are written once, with tokens
 //! minted by the fake API server's key.
 //!
-//! Anything the harness can't reproduce faithfully (a `subPath`, a Secret volume, an
-//! `envFrom`, an unknown downward-API field) is an error, never a silent approximation.
+//! Secret and ConfigMap volumes are written once from objects the test registers with
+//! [`PodRun::add_object`] (the harness has no API server to read them from), read-only
+//! as the kubelet mounts them.
+//!
+//! Two "images" exist: the agent image (the default: only `/sidekey-agent` and the
+//! libraries), and [`HOST_TOOLS_IMAGE`], whose root holds the host's `/usr/bin` and
+//! `/usr/sbin` read-only, so an app container can be `/bin/sh -c '...'` and its
+//! `command` is exactly what runs.
+//!
+//! Anything the harness can't reproduce faithfully (a `subPath`, an unregistered Secret,
+//! an `envFrom`, an unknown downward-API field) is an error, never a silent
+//! approximation.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -53,6 +63,11 @@ const HOST_FILES: &[&str] = &[
     "/etc/resolv.conf",
     "/etc/hosts",
 ];
+/// Image name of app containers whose root is the host's programs (read-only): a
+/// container with this image runs e.g. `/bin/sh -c '...'` as written in its spec.
+pub const HOST_TOOLS_IMAGE: &str = "harness.local/host-tools:latest";
+/// Host program directories bound read-only in a [`HOST_TOOLS_IMAGE`] container.
+const HOST_TOOL_DIRS: &[&str] = &["/usr/bin", "/usr/sbin", "/bin", "/sbin"];
 /// Device nodes a runtime provides in `/dev`.
 const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
@@ -88,8 +103,17 @@ pub struct PodRun {
     agent_binary: PathBuf,
     volumes: BTreeMap<String, PathBuf>,
     tmpfs: Vec<PathBuf>,
+    /// Secrets and ConfigMaps of the pod's namespace: (kind, name) -> key -> bytes.
+    objects: BTreeMap<(ObjectKind, String), BTreeMap<String, Vec<u8>>>,
     runs: usize,
     dir: tempfile::TempDir,
+}
+
+/// Kind of a namespaced object a volume can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ObjectKind {
+    Secret,
+    ConfigMap,
 }
 
 impl std::fmt::Debug for PodRun {
@@ -106,6 +130,11 @@ impl std::fmt::Debug for PodRun {
 pub struct Running {
     name: String,
     process: Process,
+    /// What an exec into the container needs: its user, environment and privileges.
+    uid: u32,
+    gid: u32,
+    env: Vec<(String, String)>,
+    no_new_privs: bool,
 }
 
 impl std::fmt::Debug for Running {
@@ -156,6 +185,7 @@ impl PodRun {
             agent_binary: agent_binary.to_path_buf(),
             volumes: BTreeMap::new(),
             tmpfs: Vec::new(),
+            objects: BTreeMap::new(),
             runs: 0,
             dir,
         })
@@ -169,6 +199,12 @@ impl PodRun {
     /// The pod's name.
     pub fn name(&self) -> &str {
         self.pod["metadata"]["name"].as_str().unwrap_or_default()
+    }
+
+    /// Registers a Secret or ConfigMap of the pod's namespace, for `secret` and
+    /// `configMap` volumes (which must be registered before a container mounts them).
+    pub fn add_object(&mut self, kind: ObjectKind, name: &str, data: BTreeMap<String, Vec<u8>>) {
+        self.objects.insert((kind, name.to_owned()), data);
     }
 
     /// Host directory backing volume `name` (prepared when a container first mounts it).
@@ -195,6 +231,30 @@ impl PodRun {
     /// Starts container `name` in the background.
     pub fn start(&mut self, name: &str) -> Result<Running> {
         let container = self.container(name)?.clone();
+        self.start_container(name, container)
+    }
+
+    /// Runs `argv` as the kubelet runs an exec probe or `kubectl exec` in container
+    /// `name`: same image, user, environment and mounts, at most `limit`.
+    pub fn exec(&mut self, name: &str, argv: &[String], limit: Duration) -> Result<Finished> {
+        let mut container = self.container(name)?.clone();
+        container["command"] = Value::from(argv.to_vec());
+        container["args"] = Value::Null;
+        let mut running = self.start_container(&format!("{name}-exec"), container)?;
+        match running.process.wait_timeout(limit) {
+            Ok(status) => Ok(Finished {
+                status,
+                stdout: running.process.stdout(),
+                stderr: running.process.stderr(),
+            }),
+            Err(e) => Err(failed(format!(
+                "exec in {name}: {e}\n{}",
+                running.process.logs()
+            ))),
+        }
+    }
+
+    fn start_container(&mut self, name: &str, container: Value) -> Result<Running> {
         let at = format!("container {name:?}");
 
         let argv = self.argv(&container, &at)?;
@@ -207,6 +267,7 @@ impl PodRun {
         let sc = &container["securityContext"];
         let read_only_root = sc["readOnlyRootFilesystem"] == true;
         let no_new_privs = sc["allowPrivilegeEscalation"] == false;
+        let host_tools = container["image"] == HOST_TOOLS_IMAGE;
 
         // Mounts, parents before children.
         let mut mounts = Vec::new();
@@ -222,9 +283,13 @@ impl PodRun {
                 .filter(|p| p.starts_with('/') && !p.split('/').any(|s| s == ".."))
                 .ok_or_else(|| failed(format!("{at}: mount of {vol:?} has no usable mountPath")))?;
             let host = self.prepare_volume(vol)?;
-            let projected = !self.volume(vol)?["projected"].is_null();
-            // Projected volumes are always read-only, whatever the mount says.
-            let ro = m["readOnly"] == true || projected;
+            let v = self.volume(vol)?;
+            // Projected, Secret and ConfigMap volumes are always read-only, whatever
+            // the mount says.
+            let ro = m["readOnly"] == true
+                || !v["projected"].is_null()
+                || !v["secret"].is_null()
+                || !v["configMap"].is_null();
             mounts.push((path.to_owned(), host, ro));
         }
         mounts.sort_by_key(|(p, _, _)| p.matches('/').count());
@@ -236,8 +301,13 @@ impl PodRun {
             .join("containers")
             .join(format!("{}-{name}", self.runs));
         let root = cdir.join("root");
-        self.build_root(&root)?;
-        let script = mount_script(&root, &self.agent_binary, &mounts, read_only_root);
+        self.build_root(&root, host_tools)?;
+        let image = if host_tools {
+            Image::HostTools
+        } else {
+            Image::Agent(&self.agent_binary)
+        };
+        let script = mount_script(&root, image, &mounts, read_only_root);
 
         let mut chroot = vec!["/usr/sbin/chroot".to_owned()];
         chroot.push(format!("--userspec={uid}:{gid}"));
@@ -275,12 +345,16 @@ impl PodRun {
         ])
         .arg(format!("{script}{exec}\n"))
         .env_clear()
-        .envs(env);
+        .envs(env.iter().map(|(k, v)| (k, v)));
         let log_name = format!("{}-{name}", self.runs);
         let process = Process::spawn(&log_name, cmd, &self.dir.path().join("logs"))?;
         Ok(Running {
             name: name.to_owned(),
             process,
+            uid,
+            gid,
+            env,
+            no_new_privs,
         })
     }
 
@@ -449,13 +523,79 @@ impl PodRun {
             for src in sources {
                 self.project(name, src, &host, mode)?;
             }
+        } else if let Some(src) = vol["secret"].as_object() {
+            let object = src.get("secretName").and_then(Value::as_str);
+            self.materialise(name, ObjectKind::Secret, object, src, &host)?;
+        } else if let Some(src) = vol["configMap"].as_object() {
+            let object = src.get("name").and_then(Value::as_str);
+            self.materialise(name, ObjectKind::ConfigMap, object, src, &host)?;
         } else {
             return Err(failed(format!(
-                "volume {name}: only emptyDir and projected volumes are supported by the harness"
+                "volume {name}: only emptyDir, projected, secret and configMap volumes are \
+                 supported by the harness"
             )));
         }
         self.volumes.insert(name.to_owned(), host.clone());
         Ok(host)
+    }
+
+    /// Writes a registered Secret or ConfigMap into `dir`: its `items` (key -> path,
+    /// optional mode), or every key; files mode `defaultMode` (0644 if absent).
+    fn materialise(
+        &self,
+        vol: &str,
+        kind: ObjectKind,
+        object: Option<&str>,
+        src: &serde_json::Map<String, Value>,
+        dir: &Path,
+    ) -> Result<()> {
+        let object = object.ok_or_else(|| failed(format!("volume {vol}: no {kind:?} name")))?;
+        let data = self
+            .objects
+            .get(&(kind, object.to_owned()))
+            .ok_or_else(|| {
+                failed(format!(
+                    "volume {vol}: {kind:?} {object:?} was not registered with add_object \
+                     (in a cluster the pod would not start: the object does not exist)"
+                ))
+            })?;
+        let default_mode = src
+            .get("defaultMode")
+            .and_then(Value::as_u64)
+            .unwrap_or(0o644) as u32;
+        let items: Vec<(String, String, u32)> = match src.get("items").and_then(Value::as_array) {
+            Some(items) => items
+                .iter()
+                .map(|i| {
+                    let key = i["key"].as_str().unwrap_or_default().to_owned();
+                    let path = i["path"].as_str().unwrap_or_default().to_owned();
+                    let mode = i["mode"].as_u64().map_or(default_mode, |m| m as u32);
+                    (key, path, mode)
+                })
+                .collect(),
+            None => data
+                .keys()
+                .map(|k| (k.clone(), k.clone(), default_mode))
+                .collect(),
+        };
+        for (key, rel, mode) in items {
+            let bytes = data.get(&key).ok_or_else(|| {
+                failed(format!(
+                    "volume {vol}: {kind:?} {object:?} has no key {key:?}"
+                ))
+            })?;
+            if rel.is_empty() || rel.starts_with('/') || rel.split('/').any(|s| s == "..") {
+                return Err(failed(format!("volume {vol}: bad item path {rel:?}")));
+            }
+            let p = dir.join(&rel);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+            }
+            std::fs::write(&p, bytes).ctx(|| format!("writing {}", p.display()))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                .ctx(|| format!("chmod {}", p.display()))?;
+        }
+        Ok(())
     }
 
     /// Writes one projected source into `dir`.
@@ -546,7 +686,7 @@ impl PodRun {
     }
 
     /// The container root: mount points for the image's files and the runtime's.
-    fn build_root(&self, root: &Path) -> Result<()> {
+    fn build_root(&self, root: &Path, host_tools: bool) -> Result<()> {
         let mkdir =
             |p: &Path| std::fs::create_dir_all(p).ctx(|| format!("creating {}", p.display()));
         let touch = |p: &Path| -> Result<()> {
@@ -560,7 +700,8 @@ impl PodRun {
             .ctx(|| "chmod container root".into())?;
         mkdir(&root.join("proc"))?;
         mkdir(&root.join("dev"))?;
-        for d in HOST_LIB_DIRS {
+        let tool_dirs = if host_tools { HOST_TOOL_DIRS } else { &[] };
+        for d in HOST_LIB_DIRS.iter().chain(tool_dirs) {
             let host = Path::new(d);
             let inside = root.join(d.trim_start_matches('/'));
             if let Ok(target) = std::fs::read_link(host) {
@@ -578,7 +719,11 @@ impl PodRun {
                 touch(&root.join(f.trim_start_matches('/')))?;
             }
         }
-        touch(&root.join("sidekey-agent"))
+        if host_tools {
+            Ok(())
+        } else {
+            touch(&root.join("sidekey-agent"))
+        }
     }
 }
 
@@ -611,6 +756,82 @@ impl Running {
     /// Output so far, stdout and stderr concatenated.
     pub fn output(&self) -> String {
         format!("{}{}", self.process.stdout(), self.process.stderr())
+    }
+
+    /// Runs `argv` inside the running container, as the kubelet's exec probe does: in
+    /// its mount and PID namespaces and its root, as its user, with its environment;
+    /// at most `limit`.
+    pub fn exec(&self, argv: &[&str], limit: Duration) -> Result<Finished> {
+        let pid = self.init_pid().ok_or_else(|| {
+            failed(format!(
+                "exec in container {}: it is not running",
+                self.name
+            ))
+        })?;
+        // setpriv is the host's, applied before entering: no_new_privs survives exec.
+        let mut args: Vec<String> = Vec::new();
+        if self.no_new_privs {
+            args.extend(["--no-new-privs", "--", "/usr/bin/nsenter"].map(String::from));
+        }
+        args.push(format!("--target={pid}"));
+        args.extend(["--mount", "--pid", "--root", "--wd"].map(String::from));
+        args.push(format!("--setuid={}", self.uid));
+        args.push(format!("--setgid={}", self.gid));
+        args.push("--".into());
+        args.extend(argv.iter().map(|a| (*a).to_owned()));
+        let program = if self.no_new_privs {
+            "/usr/bin/setpriv"
+        } else {
+            "/usr/bin/nsenter"
+        };
+        let mut cmd = process::guarded(program);
+        cmd.args(&args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let dir = crate::tempdir("exec-")?;
+        let mut p = Process::spawn(&format!("exec-{}", self.name), cmd, dir.path())?;
+        let status = p.wait_timeout(limit).map_err(|e| {
+            failed(format!(
+                "exec {argv:?} in container {}: {e}\n{}",
+                self.name,
+                p.logs()
+            ))
+        })?;
+        Ok(Finished {
+            status,
+            stdout: p.stdout(),
+            stderr: p.stderr(),
+        })
+    }
+
+    /// Sends signal `sig` (`TERM`, `KILL`, ...) to the container's PID 1.
+    pub fn signal(&self, sig: &str) -> Result<()> {
+        let pid = self.init_pid().ok_or_else(|| {
+            failed(format!(
+                "signal {sig} to container {}: it is not running",
+                self.name
+            ))
+        })?;
+        process::send_signal(pid, sig)
+    }
+
+    /// Waits up to `limit` for the container to exit: `Some` with its result, or
+    /// `None` if it still runs.
+    pub fn wait_timeout(&mut self, limit: Duration) -> Result<Option<Finished>> {
+        match self.process.wait_timeout(limit) {
+            Ok(status) => Ok(Some(Finished {
+                status,
+                stdout: self.process.stdout(),
+                stderr: self.process.stderr(),
+            })),
+            Err(crate::Error::Timeout { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// SIGKILL to the whole container (it stays inspectable: logs, status).
+    pub fn kill_now(&mut self) {
+        self.kill();
     }
 
     /// Host pid of the container's PID 1 (the command), if it is running.
@@ -668,10 +889,18 @@ impl Drop for Running {
     }
 }
 
+/// What a container's root holds besides the runtime's files.
+enum Image<'a> {
+    /// The agent image: the agent binary at `/sidekey-agent`.
+    Agent(&'a Path),
+    /// [`HOST_TOOLS_IMAGE`]: the host's program directories, read-only.
+    HostTools,
+}
+
 /// The shell run inside the new namespaces before `exec`: mounts only.
 fn mount_script(
     root: &Path,
-    agent: &Path,
+    image: Image<'_>,
     mounts: &[(String, PathBuf, bool)],
     read_only_root: bool,
 ) -> String {
@@ -690,7 +919,11 @@ fn mount_script(
             d = at(&format!("/dev/{n}"))
         ));
     }
-    for d in HOST_LIB_DIRS {
+    let tool_dirs = match image {
+        Image::HostTools => HOST_TOOL_DIRS,
+        Image::Agent(_) => &[],
+    };
+    for d in HOST_LIB_DIRS.iter().chain(tool_dirs) {
         let host = Path::new(d);
         if host.is_dir() && std::fs::read_link(host).is_err() {
             s.push_str(&format!("mount --bind -o ro {d} {}\n", at(d)));
@@ -701,11 +934,13 @@ fn mount_script(
             s.push_str(&format!("mount --bind -o ro {f} {}\n", at(f)));
         }
     }
-    s.push_str(&format!(
-        "mount --bind -o ro {} {}\n",
-        sh_quote(&agent.display().to_string()),
-        at("/sidekey-agent")
-    ));
+    if let Image::Agent(agent) = image {
+        s.push_str(&format!(
+            "mount --bind -o ro {} {}\n",
+            sh_quote(&agent.display().to_string()),
+            at("/sidekey-agent")
+        ));
+    }
     for (path, host, ro) in mounts {
         let opts = if *ro { "-o ro " } else { "" };
         s.push_str(&format!(

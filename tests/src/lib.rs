@@ -17,7 +17,10 @@
 //!   and applying the returned patch.
 //! - [`podcheck`]: schema validation, API-server pod rules and Pod Security "restricted".
 //! - [`container`]: runs one container of a pod exactly as its spec says.
+//! - [`kubelet`]: runs a whole pod as the kubelet does: init containers in order,
+//!   native sidecars through their startup probe, app containers, and termination.
 //! - [`stack`]: all of the above wired together, as the tests and the demo use it.
+//! - [`workload`]: the fixture's pods (Deployment, Job) with app containers that run.
 //! - [`demo`]: the `sidekey-demo` narration of the whole flow.
 //!
 //! For dynamic secrets and leases:
@@ -36,6 +39,7 @@ pub mod bins;
 pub mod container;
 pub mod database;
 pub mod demo;
+pub mod kubelet;
 pub mod leak;
 pub mod openbao;
 pub mod podcheck;
@@ -49,6 +53,7 @@ pub mod tenant;
 pub mod tls;
 pub mod tokenreview;
 pub mod webhook;
+pub mod workload;
 
 use std::time::Duration;
 

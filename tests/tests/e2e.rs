@@ -1,8 +1,9 @@
 //! End to end, on real parts: an annotated pod goes through the real webhook binary
 //! over TLS, the patched pod is checked as the API server and Pod Security Admission
-//! would, and its injected containers run as specified (mount namespaces, chroot,
-//! non-root) against a real OpenBao that authenticates them through the TokenReview
-//! stand-in.
+//! would, and the whole pod runs as the kubelet runs it (init containers in order, the
+//! native sidecar gated on its startup probe, the app reading its secret, deletion in
+//! the kubelet's order), each container in mount namespaces, chroot, non-root, against
+//! a real OpenBao that authenticates the agent through the TokenReview stand-in.
 //!
 //! Needs root and the built binaries (`cargo build --bins`). One stack (OpenBao, fake
 //! API server, webhook) serves every test here.
@@ -12,8 +13,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sidekey_agent::contract::layout;
+use sidekey_tests::kubelet::KubeletPod;
 use sidekey_tests::stack::{INIT_LIMIT, Stack, TERM_GRACE};
-use sidekey_tests::{Result, container, podcheck, process, review};
+use sidekey_tests::{Result, container, podcheck, process, review, workload};
 
 /// Unwraps, or fails with the servers' logs attached.
 fn ok<T>(r: Result<T>) -> T {
@@ -29,6 +31,15 @@ fn app_pod(tweak: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Value {
         .expect("fixture has template annotations");
     tweak(annotations);
     ok(review::pod_from_deployment(&deployment))
+}
+
+/// The same pod with app containers that run: the app reports every content of its
+/// secret file it sees (as a hash) and exits 0 on SIGTERM.
+fn runnable_app_pod(tweak: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Value {
+    ok(workload::deployment_pod(
+        tweak,
+        &workload::watch_script("/vault/secrets/app.json"),
+    ))
 }
 
 fn require_root() {
@@ -58,11 +69,26 @@ fn assert_no_leak(what: &str, text: &str, secrets: &[String]) {
     }
 }
 
+/// Waits until the app container printed `line`.
+fn wait_app_saw(pod: &KubeletPod, line: &str) {
+    let seen = process::wait_for(
+        "the app container to see the expected content",
+        Duration::from_secs(20),
+        || pod.output("app").contains(line).then_some(()),
+    );
+    if let Err(e) = seen {
+        panic!("{e}\n{}\n{}", pod.all_logs(), Stack::shared().diagnostics());
+    }
+}
+
+/// The whole life of a pod in the default layout (native sidecar), run as the kubelet
+/// runs it: admission, checks, start-up gated on the startup probe, the app reading
+/// its secret, a rotation reaching the app, deletion in the kubelet's order, revocation.
 #[test]
-fn annotated_pod_gets_an_agent_that_renders_refreshes_and_revokes() {
+fn annotated_pod_gets_a_native_sidecar_that_renders_refreshes_and_revokes() {
     require_root();
     let stack = Stack::shared();
-    let pod = app_pod(|a| {
+    let pod = runnable_app_pod(|a| {
         a.insert("sidekey.dev/refresh".into(), json!("1s"));
     });
 
@@ -79,92 +105,197 @@ fn annotated_pod_gets_an_agent_that_renders_refreshes_and_revokes() {
         layout::STATUS_INJECTED
     );
 
+    // The default layout: one native sidecar, first among the init containers.
+    assert_eq!(
+        workload::names(&mutated, "initContainers"),
+        [layout::SIDECAR_CONTAINER, "migrate"]
+    );
+    assert_eq!(workload::names(&mutated, "containers"), ["app"]);
+    let agent = workload::container(&mutated, "initContainers", layout::SIDECAR_CONTAINER)
+        .expect("the native sidecar");
+    assert_eq!(agent["restartPolicy"], "Always");
+    assert_eq!(agent["command"], json!([layout::AGENT_BINARY]));
+    assert_eq!(agent["args"], json!(["sidecar"]));
+    assert_eq!(
+        agent["startupProbe"]["exec"]["command"],
+        json!(layout::PROBE_COMMAND)
+    );
+
     // The API server and Pod Security Admission ("restricted") would accept it.
     ok(podcheck::check_all(&mutated));
 
-    // The init container renders every secret and exits 0, having logged in through a
-    // TokenReview of its projected token.
+    // The kubelet starts the agent, waits for its startup probe, then the rest; the
+    // agent logged in through a TokenReview of its projected token.
     let reviews_before = stack.api.authenticated();
-    let mut run = ok(stack.pod_run(&mutated));
-    let init = ok(run.run(layout::INIT_CONTAINER, INIT_LIMIT));
+    let mut pod = match KubeletPod::start(ok(stack.pod_run(&mutated)), INIT_LIMIT) {
+        Ok(p) => p,
+        Err(e) => panic!("{e}\n{}", stack.diagnostics()),
+    };
     assert_eq!(
-        init.code(),
-        Some(0),
-        "init container failed\n{}\n{}",
-        init.logs(),
-        stack.diagnostics()
+        pod.start_order(),
+        [layout::SIDECAR_CONTAINER, "migrate", "app"]
     );
-
     assert!(
         stack.api.authenticated() > reviews_before,
         "no TokenReview was answered"
     );
 
-    let secrets_dir = run
+    let secrets_dir = pod
+        .run
         .volume_path(layout::SECRETS_VOLUME)
-        .expect("the init container mounts the secrets volume")
+        .expect("the agent mounts the secrets volume")
         .to_path_buf();
     let file = secrets_dir.join("app.json");
-    let rendered: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let rendered: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(rendered, stack.secret_data());
     let meta = std::fs::metadata(&file).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o644);
-    // The app runs as another uid (1000 in the fixture) and can read it.
+    // The app runs as another uid (1000 in the fixture) and reads it, in its container.
     let as_app: Value = serde_json::from_str(&ok(container::read_as_uid(&file, 1000))).unwrap();
     assert_eq!(as_app, rendered);
+    wait_app_saw(&pod, &format!("{} uid=1000", workload::seen_line(&bytes)));
 
     // Neither the secret nor the pod's token shows in any output.
-    let token_dir = run.volume_path(layout::TOKEN_VOLUME).expect("token volume");
+    let token_dir = pod
+        .run
+        .volume_path(layout::TOKEN_VOLUME)
+        .expect("token volume");
     let jwt = std::fs::read_to_string(token_dir.join(layout::TOKEN_FILE)).unwrap();
     let mut never = secret_values(&stack.secret_data());
     never.push(jwt.clone());
     never.push(stack.bao.root_token().to_owned());
-    assert_no_leak(
-        "init container output",
-        &format!("{}{}", init.stdout, init.stderr),
-        &never,
-    );
 
-    // The sidecar keeps the file fresh: a rotation in OpenBao reaches the file.
-    let mut sidecar = ok(run.start(layout::SIDECAR_CONTAINER));
+    // The sidecar keeps the file fresh: a rotation in OpenBao reaches the app.
     let rotated = ok(stack.rotate());
     never.extend(secret_values(&rotated));
     let seen = process::wait_for(
         "the rotated secret in app.json",
         Duration::from_secs(20),
         || {
-            let now: Value = serde_json::from_slice(&std::fs::read(&file).ok()?).ok()?;
-            (now == rotated).then_some(())
+            let bytes = std::fs::read(&file).ok()?;
+            let now: Value = serde_json::from_slice(&bytes).ok()?;
+            (now == rotated).then_some(bytes)
         },
     );
-    if let Err(e) = seen {
-        panic!("{e}\n{}\n{}", sidecar.logs(), stack.diagnostics());
-    }
-    assert!(sidecar.is_running(), "{}", sidecar.logs());
+    let new_bytes = match seen {
+        Ok(b) => b,
+        Err(e) => panic!("{e}\n{}\n{}", pod.all_logs(), stack.diagnostics()),
+    };
+    wait_app_saw(&pod, &workload::seen_line(&new_bytes));
+    assert!(
+        pod.is_running(layout::SIDECAR_CONTAINER),
+        "{}",
+        pod.all_logs()
+    );
 
-    // SIGTERM: the sidecar revokes its token and exits 0.
-    let logs_before = sidecar.output();
-    let accessor = sidekey_tests::stack::logged_accessor(&logs_before)
-        .unwrap_or_else(|| panic!("the sidecar logged no token.accessor at login\n{logs_before}"));
+    // Deletion: the app gets SIGTERM and exits first, then the agent, which revokes
+    // its token and exits 0, within the grace period.
+    let agent_out = pod.output(layout::SIDECAR_CONTAINER);
+    let accessor = sidekey_tests::stack::logged_accessor(&agent_out)
+        .unwrap_or_else(|| panic!("the agent logged no token.accessor at login\n{agent_out}"));
     assert!(
         ok(stack.bao.accessor_valid(&accessor)),
         "token already invalid before SIGTERM"
     );
-    let done = sidecar
-        .terminate(TERM_GRACE)
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(done.code(), Some(0), "sidecar exit\n{}", done.logs());
+    let took = pod.terminate().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        pod.end_order(),
+        ["migrate", "app", layout::SIDECAR_CONTAINER]
+    );
+    for name in ["app", layout::SIDECAR_CONTAINER] {
+        let ended = pod.ended(name).unwrap();
+        assert!(!ended.killed, "{name} needed SIGKILL\n{}", pod.all_logs());
+        assert_eq!(
+            ended.finished.code(),
+            Some(0),
+            "{name} exit\n{}",
+            pod.all_logs()
+        );
+    }
+    assert!(took < TERM_GRACE, "termination took {took:?}");
+    assert!(
+        !ok(stack.bao.accessor_valid(&accessor)),
+        "the agent's token is still valid after SIGTERM\n{}",
+        pod.all_logs()
+    );
+    assert_no_leak(
+        "agent output",
+        &pod.output(layout::SIDECAR_CONTAINER),
+        &never,
+    );
+    assert_no_leak("app output", &pod.output("app"), &never);
+    assert_no_leak("webhook output", &stack.webhook.logs(), &never);
+}
+
+/// The classic layout, chosen per pod: `sidekey-init` renders before the other init
+/// containers, `sidekey-agent` runs beside the app, and both stop on SIGTERM together.
+#[test]
+fn classic_layout_renders_in_init_then_refreshes_and_revokes_from_the_sidecar() {
+    require_root();
+    let stack = Stack::shared();
+    let pod = runnable_app_pod(|a| {
+        a.insert("sidekey.dev/refresh".into(), json!("1s"));
+        a.insert("sidekey.dev/agent-mode".into(), json!("init-and-sidecar"));
+    });
+    let admitted = ok(stack.admit(&pod));
+    assert!(admitted.verdict.allowed, "{:?}", admitted.verdict);
+    let mutated = admitted.pod;
+    assert_eq!(
+        workload::names(&mutated, "initContainers"),
+        [layout::INIT_CONTAINER, "migrate"]
+    );
+    assert_eq!(
+        workload::names(&mutated, "containers"),
+        ["app", layout::SIDECAR_CONTAINER]
+    );
+    ok(podcheck::check_all(&mutated));
+
+    let mut pod = match KubeletPod::start(ok(stack.pod_run(&mutated)), INIT_LIMIT) {
+        Ok(p) => p,
+        Err(e) => panic!("{e}\n{}", stack.diagnostics()),
+    };
+    let init = pod.ended(layout::INIT_CONTAINER).expect("init ran");
+    assert_eq!(init.finished.code(), Some(0), "{}", pod.all_logs());
+    let file = pod
+        .run
+        .volume_path(layout::SECRETS_VOLUME)
+        .unwrap()
+        .join("app.json");
+    let bytes = std::fs::read(&file).unwrap();
+    let rendered: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(rendered, stack.secret_data());
+    wait_app_saw(&pod, &format!("{} uid=1000", workload::seen_line(&bytes)));
+
+    let mut never = secret_values(&stack.secret_data());
+    let rotated = ok(stack.rotate());
+    never.extend(secret_values(&rotated));
+    let new_bytes = process::wait_for("the rotation in app.json", Duration::from_secs(20), || {
+        let b = std::fs::read(&file).ok()?;
+        (serde_json::from_slice::<Value>(&b).ok()? == rotated).then_some(b)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", pod.all_logs()));
+    wait_app_saw(&pod, &workload::seen_line(&new_bytes));
+
+    let accessor = sidekey_tests::stack::logged_accessor(&pod.output(layout::SIDECAR_CONTAINER))
+        .unwrap_or_else(|| panic!("no token.accessor logged\n{}", pod.all_logs()));
+    pod.terminate().unwrap_or_else(|e| panic!("{e}"));
+    for name in ["app", layout::SIDECAR_CONTAINER] {
+        let ended = pod.ended(name).unwrap();
+        assert!(!ended.killed, "{name} needed SIGKILL\n{}", pod.all_logs());
+        assert_eq!(ended.finished.code(), Some(0), "{}", pod.all_logs());
+    }
     assert!(
         !ok(stack.bao.accessor_valid(&accessor)),
         "the sidecar's token is still valid after SIGTERM\n{}",
-        done.logs()
+        pod.all_logs()
     );
-    assert_no_leak(
-        "sidecar output",
-        &format!("{}{}", done.stdout, done.stderr),
-        &never,
+    let agents = format!(
+        "{}{}",
+        pod.output(layout::INIT_CONTAINER),
+        pod.output(layout::SIDECAR_CONTAINER)
     );
-    assert_no_leak("webhook output", &stack.webhook.logs(), &never);
+    assert_no_leak("agent output", &agents, &never);
 }
 
 #[test]
