@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sidekey_agent::contract::layout;
 
-use crate::stack::{INIT_LIMIT, Stack, TERM_GRACE};
-use crate::{Result, container, failed, podcheck, process, review, setup};
+use crate::kubelet::KubeletPod;
+use crate::stack::{INIT_LIMIT, Stack};
+use crate::{Result, container, failed, podcheck, process, review, setup, workload};
 
 /// Refresh interval the demo pod asks for, so a rotation shows within seconds.
 const DEMO_REFRESH: &str = "2s";
@@ -138,10 +139,13 @@ fn flow<W: Write>(out: &mut Out<'_, W>, stack: &Stack, values: &mut Vec<String>)
     ));
 
     out.step("The pod the ReplicaSet controller creates for tests/data/deployment-app.json");
-    let mut deployment = review::fixture("deployment-app.json")?;
-    deployment["spec"]["template"]["metadata"]["annotations"]["sidekey.dev/refresh"] =
-        json!(DEMO_REFRESH);
-    let pod = review::pod_from_deployment(&deployment)?;
+    let app_file = format!("{}/app.json", layout::SECRETS_MOUNT_PATH);
+    let pod = workload::deployment_pod(
+        |a| {
+            a.insert("sidekey.dev/refresh".into(), json!(DEMO_REFRESH));
+        },
+        &workload::watch_script(&app_file),
+    )?;
     out.line(format!(
         "generateName {}  namespace {}  serviceAccountName {}",
         pod["metadata"]["generateName"].as_str().unwrap_or("?"),
@@ -157,6 +161,10 @@ fn flow<W: Write>(out: &mut Out<'_, W>, stack: &Stack, values: &mut Vec<String>)
             out.line(format!("  {k}: {}", v.as_str().unwrap_or("?")));
         }
     }
+    out.line(format!(
+        "the app container runs a shell script that prints the SHA-256 of {app_file} \
+         each time it changes (never its content)"
+    ));
     out.line(format!("containers before: {}", container_names(&pod)));
 
     out.step("AdmissionReview -> POST /mutate over TLS");
@@ -188,6 +196,16 @@ fn flow<W: Write>(out: &mut Out<'_, W>, stack: &Stack, values: &mut Vec<String>)
     }
     let mutated = admitted.pod;
     out.line(format!("containers after: {}", container_names(&mutated)));
+    if let Some(agent) = workload::container(&mutated, "initContainers", layout::SIDECAR_CONTAINER)
+    {
+        out.line(format!(
+            "{} is a native sidecar: restartPolicy {}, args {}, startupProbe exec {}",
+            layout::SIDECAR_CONTAINER,
+            agent["restartPolicy"].as_str().unwrap_or("none"),
+            agent["args"],
+            agent["startupProbe"]["exec"]["command"]
+        ));
+    }
 
     out.step("Would the cluster accept it?");
     let report = podcheck::schema(&mutated)?;
@@ -203,25 +221,24 @@ fn flow<W: Write>(out: &mut Out<'_, W>, stack: &Stack, values: &mut Vec<String>)
     out.line("API-server pod rules: ok (names, mounts, token expiry, init-container fields)");
     out.line("Pod Security Standard \"restricted\": ok for every container");
 
-    out.step(
-        format!(
-            "Running the {} init container as its spec says",
-            layout::INIT_CONTAINER
-        )
-        .as_str(),
-    );
-    let mut run = stack.pod_run(&mutated)?;
+    out.step("Running the pod as the kubelet does");
+    let run = stack.pod_run(&mutated)?;
     out.line(format!(
-        "pod {} (mount + PID namespace, chroot, image user {})",
-        run.name(),
-        container::IMAGE_USER
+        "pod {} (each container: mount + PID namespace, chroot, its own user)",
+        run.name()
     ));
-    let init = run.run(layout::INIT_CONTAINER, INIT_LIMIT)?;
-    out.line(format!("exit code {:?}; its log:", init.code()));
-    out.block(&format!("{}{}", init.stdout, init.stderr));
-    if init.code() != Some(0) {
-        return Err(failed("the init container failed"));
-    }
+    let mut pod = KubeletPod::start(run, INIT_LIMIT)?;
+    let probe = pod
+        .probe_time(layout::SIDECAR_CONTAINER)
+        .map(|t| format!("{:.1} s", t.as_secs_f64()))
+        .unwrap_or_else(|| "-".into());
+    out.line(format!(
+        "start order: {} (the startup probe of {} passed after {probe})",
+        pod.start_order().join(" -> "),
+        layout::SIDECAR_CONTAINER
+    ));
+    out.line(format!("{} log so far:", layout::SIDECAR_CONTAINER));
+    out.block(&pod.output(layout::SIDECAR_CONTAINER));
 
     out.step(
         format!(
@@ -230,16 +247,16 @@ fn flow<W: Write>(out: &mut Out<'_, W>, stack: &Stack, values: &mut Vec<String>)
         )
         .as_str(),
     );
-    let dir = run
+    let dir = pod
+        .run
         .volume_path(layout::SECRETS_VOLUME)
-        .ok_or_else(|| failed("the init container did not mount the secrets volume"))?
+        .ok_or_else(|| failed("the agent did not mount the secrets volume"))?
         .to_path_buf();
     list_files(out, &dir)?;
     let file = dir.join("app.json");
-    let rendered: Value = serde_json::from_slice(
-        &std::fs::read(&file).map_err(|e| failed(format!("reading app.json: {e}")))?,
-    )
-    .map_err(|e| failed(format!("app.json is not JSON: {e}")))?;
+    let bytes = std::fs::read(&file).map_err(|e| failed(format!("reading app.json: {e}")))?;
+    let rendered: Value =
+        serde_json::from_slice(&bytes).map_err(|e| failed(format!("app.json is not JSON: {e}")))?;
     let same = rendered == stack.secret_data();
     out.line(format!("app.json equals the KV data in OpenBao: {same}"));
     let readable = container::read_as_uid(&file, 1000).is_ok();
@@ -247,47 +264,75 @@ fn flow<W: Write>(out: &mut Out<'_, W>, stack: &Stack, values: &mut Vec<String>)
     if !same || !readable {
         return Err(failed("the rendered file is wrong or unreadable"));
     }
-
-    out.step("Secret rotation, picked up by the sidecar");
-    let mut sidecar = run.start(layout::SIDECAR_CONTAINER)?;
+    let seen = workload::seen_line(&bytes);
+    wait_app(&pod, &seen)?;
     out.line(format!(
-        "started {} (refresh every {DEMO_REFRESH})",
-        layout::SIDECAR_CONTAINER
+        "the app container printed: {}",
+        last_line(&pod, &seen)
     ));
-    std::thread::sleep(Duration::from_millis(500));
+
+    out.step("Secret rotation, picked up by the sidecar and seen by the app");
     let rotated = stack.rotate()?;
     collect_values(&rotated, values);
     let t = Instant::now();
     out.line("bao kv put secret/app (new random values)");
-    let seen = process::wait_for(
+    let new_bytes = process::wait_for(
         "the rotated secret in app.json",
         Duration::from_secs(20),
         || {
-            let now: Value = serde_json::from_slice(&std::fs::read(&file).ok()?).ok()?;
-            (now == rotated).then_some(())
+            let b = std::fs::read(&file).ok()?;
+            let now: Value = serde_json::from_slice(&b).ok()?;
+            (now == rotated).then_some(b)
         },
     );
-    if let Err(e) = seen {
-        out.block(&sidecar.logs());
-        return Err(e);
-    }
+    let new_bytes = match new_bytes {
+        Ok(b) => b,
+        Err(e) => {
+            out.block(&pod.output(layout::SIDECAR_CONTAINER));
+            return Err(e);
+        }
+    };
     out.line(format!(
         "app.json holds the new version after {:.1} s",
         t.elapsed().as_secs_f64()
     ));
+    let seen = workload::seen_line(&new_bytes);
+    wait_app(&pod, &seen)?;
+    out.line(format!(
+        "the app container printed: {}",
+        last_line(&pod, &seen)
+    ));
     list_files(out, &dir)?;
 
-    out.step("SIGTERM to the sidecar (as the kubelet does when the pod stops)");
-    if !sidecar.is_running() {
-        out.block(&sidecar.logs());
-        return Err(failed("the sidecar exited before SIGTERM"));
+    out.step("Deleting the pod: SIGTERM to the app, then to the native sidecar");
+    if !pod.is_running(layout::SIDECAR_CONTAINER) {
+        out.block(&pod.output(layout::SIDECAR_CONTAINER));
+        return Err(failed("the sidecar exited before the pod was deleted"));
     }
-    let accessor = crate::stack::logged_accessor(&sidecar.output());
-    let done = sidecar.terminate(TERM_GRACE)?;
-    out.line(format!("exit code {:?}; its log:", done.code()));
-    out.block(&format!("{}{}", done.stdout, done.stderr));
-    if done.code() != Some(0) {
-        return Err(failed("the sidecar did not exit 0 on SIGTERM"));
+    let accessor = crate::stack::logged_accessor(&pod.output(layout::SIDECAR_CONTAINER));
+    let before = pod.output(layout::SIDECAR_CONTAINER).len();
+    let took = pod.terminate()?;
+    out.line(format!(
+        "exit order: {} ({:.1} s)",
+        pod.end_order().join(", "),
+        took.as_secs_f64()
+    ));
+    let app = pod
+        .ended("app")
+        .ok_or_else(|| failed("the app did not end"))?;
+    out.line(format!("app: exit code {:?}", app.finished.code()));
+    let agent = pod
+        .ended(layout::SIDECAR_CONTAINER)
+        .ok_or_else(|| failed("the sidecar did not end"))?;
+    let agent_code = agent.finished.code();
+    out.line(format!(
+        "{}: exit code {agent_code:?}; its log since the deletion:",
+        layout::SIDECAR_CONTAINER
+    ));
+    let log = pod.output(layout::SIDECAR_CONTAINER);
+    out.block(log.get(before..).unwrap_or(&log));
+    if agent_code != Some(0) || app.finished.code() != Some(0) {
+        return Err(failed("a container did not exit 0 on SIGTERM"));
     }
     match accessor {
         Some(a) => {
@@ -307,6 +352,26 @@ fn flow<W: Write>(out: &mut Out<'_, W>, stack: &Stack, values: &mut Vec<String>)
     out.line("");
     out.line("demo finished: every step passed");
     Ok(())
+}
+
+/// Waits until the app container printed `line`.
+fn wait_app(pod: &KubeletPod, line: &str) -> Result<()> {
+    process::wait_for(
+        "the app container to see the file",
+        Duration::from_secs(20),
+        || pod.output("app").contains(line).then_some(()),
+    )
+    .map_err(|e| failed(format!("{e}\n{}", pod.all_logs())))
+}
+
+/// The app's output line containing `needle`.
+fn last_line(pod: &KubeletPod, needle: &str) -> String {
+    pod.output("app")
+        .lines()
+        .rev()
+        .find(|l| l.contains(needle))
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn container_names(pod: &Value) -> String {

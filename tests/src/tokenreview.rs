@@ -81,6 +81,26 @@ impl JwtKey {
         })
     }
 
+    /// The public key as a PEM `PUBLIC KEY` (SubjectPublicKeyInfo), as a JWT auth
+    /// method's `jwt_validation_pubkeys` takes it.
+    pub fn public_pem(&self) -> String {
+        // SPKI header of an uncompressed P-256 point (id-ecPublicKey, prime256v1).
+        const PREFIX: [u8; 26] = [
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+        ];
+        let mut der = PREFIX.to_vec();
+        der.extend_from_slice(self.pair.public_key().as_ref());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(chunk));
+            pem.push('\n');
+        }
+        pem.push_str("-----END PUBLIC KEY-----\n");
+        pem
+    }
+
     /// Mints a projected-service-account-token-shaped JWT for `sa`, valid for `ttl`.
     pub fn mint(
         &self,

@@ -36,6 +36,12 @@ impl Webhook {
     /// `127.0.0.1`/`localhost`, pointing injected agents at `vault_addr` trusting
     /// `vault_ca_file`, and waits for `/healthz` over TLS.
     pub fn start(vault_addr: &str, vault_ca_file: &Path) -> Result<Webhook> {
+        Webhook::start_with(vault_addr, vault_ca_file, &[])
+    }
+
+    /// [`Webhook::start`] with extra command-line arguments (e.g. `--sidecar-mode
+    /// classic`).
+    pub fn start_with(vault_addr: &str, vault_ca_file: &Path, extra: &[&str]) -> Result<Webhook> {
         let binary = bins::webhook()?;
         let dir = crate::tempdir("webhook-")?;
         let cert = ServingCert::generate("sidekey-test-webhook-ca", &["127.0.0.1", "localhost"])?;
@@ -54,6 +60,7 @@ impl Webhook {
             .arg(vault_addr)
             .arg("--vault-ca-file")
             .arg(vault_ca_file)
+            .args(extra)
             .env("SIDEKEY_LOG", "info,sidekey_webhook=debug");
         let process = Process::spawn("webhook", cmd, dir.path())?;
 
