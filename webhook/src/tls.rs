@@ -7,7 +7,9 @@
 //! does not load (a half-finished rotation, a key that does not match the certificate)
 //! is logged and the old certificate stays in use; the next change is tried again.
 //!
-//! New handshakes get the new certificate; open connections keep theirs.
+//! New handshakes get the new certificate; open connections keep theirs. With
+//! [`Reloader::with_metrics`], the expiry of the certificate in use is exported and
+//! follows every reload.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,9 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::certs;
+use crate::metrics::Metrics;
 
 /// How often [`Reloader::watch`] re-reads the files in production.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
@@ -95,6 +100,7 @@ pub struct Reloader {
     loaded: (Vec<u8>, Vec<u8>),
     /// Bytes of the last pair that failed to load, so a broken pair is reported once.
     failed: Option<(Vec<u8>, Vec<u8>)>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl fmt::Debug for Reloader {
@@ -123,7 +129,25 @@ impl Reloader {
             }),
             loaded: (cert, key),
             failed: None,
+            metrics: None,
         })
+    }
+
+    /// Exports the serving certificate's expiry to `metrics`, now and after every
+    /// reload, and counts reloads.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        if let Some(not_after) = self.not_after() {
+            metrics.set_certificate_expiry(not_after);
+        }
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// notAfter of the leaf certificate in use, in seconds since the Unix epoch.
+    pub fn not_after(&self) -> Option<i64> {
+        let current = self.resolver.current();
+        certs::not_after(current.cert.first()?.as_ref())
     }
 
     /// The resolver to serve with; it follows every reload.
@@ -164,6 +188,12 @@ impl Reloader {
                 self.resolver.current.store(Arc::new(certified));
                 self.loaded = pair;
                 self.failed = None;
+                if let Some(metrics) = &self.metrics {
+                    metrics.certificate_reloaded();
+                    if let Some(not_after) = self.not_after() {
+                        metrics.set_certificate_expiry(not_after);
+                    }
+                }
                 Ok(true)
             }
             Err(e) => {
@@ -184,9 +214,11 @@ impl Reloader {
             // Two small files; reading them on the runtime thread costs less than a
             // hop to the blocking pool.
             match self.poll() {
-                Ok(true) => {
-                    tracing::info!(cert = %self.cert_path.display(), "tls certificate reloaded")
-                }
+                Ok(true) => tracing::info!(
+                    cert = %self.cert_path.display(),
+                    not_after = self.not_after(),
+                    "tls certificate reloaded"
+                ),
                 Ok(false) => {}
                 Err(error) => tracing::warn!(
                     error = %error,

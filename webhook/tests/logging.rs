@@ -15,9 +15,7 @@ use tower::ServiceExt as _;
 use common::*;
 
 async fn review(body: &str) {
-    let app = router(AppState {
-        settings: Arc::new(settings()),
-    });
+    let app = router(AppState::new(settings()));
     let request = Request::builder()
         .method("POST")
         .uri("/mutate")
@@ -61,7 +59,7 @@ async fn logs_the_outcome_per_review_but_never_the_body() {
         "{logs}"
     );
     assert!(logs.contains("namespace=\"demo\""), "{logs}");
-    assert!(logs.contains("name=\"web-7d9c8b5f4-\""), "{logs}");
+    assert!(logs.contains("pod=\"web-7d9c8b5f4-\""), "{logs}");
     assert!(logs.contains("outcome=\"mutated\""), "{logs}");
     assert!(logs.contains("patch_ops=6"), "{logs}");
     assert!(logs.contains("outcome=\"denied\""), "{logs}");

@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -14,9 +12,7 @@ use tower::ServiceExt as _;
 use common::*;
 
 fn app() -> Router {
-    router(AppState {
-        settings: Arc::new(settings()),
-    })
+    router(AppState::new(settings()))
 }
 
 async fn call(method: &str, uri: &str, body: impl Into<Body>) -> (StatusCode, Vec<u8>) {

@@ -53,9 +53,7 @@ async fn start(options: ServeOptions) -> Running {
     let tls = reloader.server_config().expect("tls config");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
-    let app = server::router(AppState {
-        settings: Arc::new(settings()),
-    });
+    let app = server::router(AppState::new(settings()));
     let (stop, stopped) = oneshot::channel::<()>();
     let shutdown = async {
         let _ = stopped.await;

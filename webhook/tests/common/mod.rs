@@ -2,8 +2,10 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod bao;
 pub mod pods;
 pub mod rules;
+pub mod tools;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
