@@ -173,35 +173,13 @@ pub fn parse_with_delims(
 /// `key: value` line per key of the response's data, values in Go's `%v` format
 /// (for KV version 2: `data: map[...]` and `metadata: map[...]`).
 pub fn default_map(path: &str) -> String {
-    format!(
-        "{{{{ with secret {} }}}}{{{{ range $k, $v := .Data }}}}{{{{ $k }}}}: {{{{ $v }}}}\n{{{{ end }}}}{{{{ end }}}}",
-        go_quote(path)
-    )
+    crate::contract::compat::default_map_template(path)
 }
 
 /// The "json" default template of the Vault Agent Injector: the response's data as
 /// compact JSON and a newline.
 pub fn default_json(path: &str) -> String {
-    format!(
-        "{{{{ with secret {} }}}}{{{{ .Data | toJSON }}}}\n{{{{ end }}}}",
-        go_quote(path)
-    )
-}
-
-/// A Go interpreted string literal.
-fn go_quote(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    crate::contract::compat::default_json_template(path)
 }
 
 /// State shared between one execution and its `secret` function.
@@ -1304,8 +1282,9 @@ mod tests {
     }
 
     #[test]
-    fn go_quoting_of_default_template_paths() {
-        assert_eq!(go_quote("a\"b\\c"), "\"a\\\"b\\\\c\"");
-        assert!(parse("x", &default_map("secret/data/a\"b")).is_ok());
+    fn default_templates_quote_their_path() {
+        let t = parse("x", &default_map("kv/a\"b")).unwrap();
+        let have = BTreeMap::from([(key("kv/a\"b"), fetched(json!({"k": "v"})))]);
+        assert_eq!(t.render(&have).unwrap(), b"k: v\n");
     }
 }

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::compat;
 use super::config::{
     self, AgentConfig, AuthConfig, AuthMethod, Format, Notify, SecretSpec, VaultConfig,
 };
@@ -49,6 +50,8 @@ pub const REFRESH_PREFIX: &str = "refresh-";
 pub const NOTIFY_PREFIX: &str = "notify-";
 /// Per-secret request parameters, which make the request a write (`pki/issue/<role>`).
 pub const PARAMS_PREFIX: &str = "params-";
+/// Per-secret Go text/template template rendering the file.
+pub const TEMPLATE_PREFIX: &str = "template-";
 pub const CONTAINERS: &str = "containers";
 pub const MOUNT_PATH: &str = "mount-path";
 pub const AGENT_MODE: &str = "agent-mode";
@@ -296,6 +299,19 @@ pub const TABLE: &[Annotation] = &[
                   thirds of its lifetime. Values cannot contain `,`.",
     },
     Annotation {
+        key: TEMPLATE_PREFIX,
+        group: Group::Secrets,
+        per_secret: true,
+        default: "none (the file is written in `format-<name>`)",
+        allowed: "a Go text/template template, up to 64 KiB; see docs/templates.md",
+        meaning: "Render the file from this template, which reads its secrets with \
+                  `secret \"<path>\"` (consul-template's functions, as in Vault Agent \
+                  Injector templates). A template alone declares the secret: \
+                  `secret-<name>` is then optional and not read. Not with `format-<name>` \
+                  or `params-<name>`. A missing key is an error, and a failing template \
+                  keeps its last good file.",
+    },
+    Annotation {
         key: CONTAINERS,
         group: Group::Placement,
         per_secret: false,
@@ -523,11 +539,11 @@ pub fn opted_in(
     labels: &BTreeMap<String, String>,
 ) -> Result<bool, AnnotationError> {
     let key = format!("{PREFIX}{INJECT}");
-    let mut wanted = false;
+    let mut own: Option<bool> = None;
     for (source, map) in [("annotation", annotations), ("label", labels)] {
         if let Some(v) = map.get(&key) {
             match parse_bool(v) {
-                Some(b) => wanted |= b,
+                Some(b) => own = Some(own.unwrap_or(false) | b),
                 None => {
                     return Err(AnnotationError {
                         key,
@@ -537,7 +553,16 @@ pub fn opted_in(
             }
         }
     }
-    Ok(wanted)
+    // A pod the Vault Agent Injector or the OpenBao injector already injected is
+    // theirs, so both can run side by side during a migration.
+    if compat::injected_by_incumbent(annotations) {
+        return Ok(false);
+    }
+    // An explicit sidekey.dev/inject wins: "false" keeps a pod on the incumbent.
+    match own {
+        Some(b) => Ok(b),
+        None => Ok(compat::foreign_opt_in(annotations)?.unwrap_or(false)),
+    }
 }
 
 /// Builds the agent configuration for an opted-in pod from its annotations.
@@ -564,6 +589,29 @@ pub fn parse(
     annotations: &BTreeMap<String, String>,
     defaults: &Defaults,
 ) -> Result<(AgentConfig, Placement), AnnotationError> {
+    parse_with_warnings(annotations, defaults).map(|(c, p, _)| (c, p))
+}
+
+/// [`parse`], first translating `vault.hashicorp.com/` and `openbao.org/` annotations
+/// ([`compat::translate`]); also returns the translation's warnings (keys accepted but
+/// ignored), for the admission response.
+pub fn parse_with_warnings(
+    annotations: &BTreeMap<String, String>,
+    defaults: &Defaults,
+) -> Result<(AgentConfig, Placement, Vec<String>), AnnotationError> {
+    if compat::uses_foreign_prefix(annotations) {
+        let (translated, warnings) = compat::translate(annotations)?;
+        let (config, placement) = parse_own(&translated, defaults)?;
+        return Ok((config, placement, warnings));
+    }
+    let (config, placement) = parse_own(annotations, defaults)?;
+    Ok((config, placement, Vec::new()))
+}
+
+fn parse_own(
+    annotations: &BTreeMap<String, String>,
+    defaults: &Defaults,
+) -> Result<(AgentConfig, Placement), AnnotationError> {
     let mut role = None;
     let mut auth_path = None;
     let mut auth_method = AuthMethod::Kubernetes;
@@ -574,6 +622,7 @@ pub fn parse(
     let mut refresh_secs = config::DEFAULT_REFRESH_SECS;
     let mut revoke_delay_secs = 0;
     let mut secrets: BTreeMap<String, String> = BTreeMap::new();
+    let mut templates: BTreeMap<String, String> = BTreeMap::new();
     let mut options: BTreeMap<String, SecretOptions> = BTreeMap::new();
     let mut quantities: BTreeMap<&str, Quantity> = BTreeMap::new();
     let mut placement = Placement {
@@ -609,6 +658,11 @@ pub fn parse(
         if let Some(name) = key.strip_prefix(SECRET_PREFIX) {
             check_secret_name(key, name)?;
             secrets.insert(name.to_owned(), parse_vault_path(key, value)?);
+            continue;
+        }
+        if let Some(name) = key.strip_prefix(TEMPLATE_PREFIX) {
+            check_secret_name(key, name)?;
+            templates.insert(name.to_owned(), parse_template(key, value)?);
             continue;
         }
         let per_secret = [
@@ -731,6 +785,10 @@ pub fn parse(
             "is required when injection is on: set it to the Vault role the pod logs in as",
         )
     })?;
+    // A template alone declares its secret; its path is then not read.
+    for name in templates.keys() {
+        secrets.entry(name.clone()).or_default();
+    }
     if secrets.is_empty() {
         return Err(err(
             &format!("{SECRET_PREFIX}<name>"),
@@ -814,7 +872,24 @@ pub fn parse(
                 ),
             ));
         }
+        let template = templates.remove(&name);
+        if template.is_some() {
+            let clash = [
+                o.format.as_ref().map(|(k, _)| k),
+                o.params.as_ref().map(|(k, _)| k),
+            ];
+            if let Some(k) = clash.into_iter().flatten().next() {
+                return Err(err(
+                    k,
+                    format!(
+                        "{PREFIX}{TEMPLATE_PREFIX}{name} renders this file; a template reads \
+                         its own secrets and writes its own format"
+                    ),
+                ));
+            }
+        }
         config.secrets.push(SecretSpec {
+            template,
             file,
             mode: o.mode.map_or(config::DEFAULT_FILE_MODE, |(_, m)| m),
             format: o.format.map(|(_, f)| f).unwrap_or_default(),
@@ -1308,6 +1383,19 @@ fn parse_id(key: &str, value: &str, min: i64) -> Result<i64, AnnotationError> {
         ));
     }
     Ok(id)
+}
+
+/// `template-<name>`: kept verbatim (whitespace is part of the output); only its size
+/// is checked here, its syntax when the agent starts.
+fn parse_template(key: &str, value: &str) -> Result<String, AnnotationError> {
+    const MAX: usize = 64 * 1024;
+    if value.trim().is_empty() {
+        return Err(err(key, "the template is empty"));
+    }
+    if value.len() > MAX {
+        return Err(err(key, "the template is longer than 64 KiB"));
+    }
+    Ok(value.to_owned())
 }
 
 fn parse_vault_path(key: &str, value: &str) -> Result<String, AnnotationError> {
@@ -2037,5 +2125,85 @@ mod tests {
                 assert!(!e.problem.contains("unknown"), "{key}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn a_template_alone_declares_a_secret_and_excludes_format_and_params() {
+        let t = "{{ with secret \"kv/a\" }}{{ .Data.x }}{{ end }}\n";
+        let a = map(&[("sidekey.dev/role", "app"), ("sidekey.dev/template-cfg", t)]);
+        let c = agent_config(&a, &defaults()).unwrap();
+        assert_eq!(c.secrets[0].template.as_deref(), Some(t), "kept verbatim");
+        assert_eq!(c.secrets[0].path, "");
+        assert!(c.check().is_ok());
+        assert_eq!(AgentConfig::from_json(&c.to_json()).unwrap(), c);
+        for extra in [
+            ("sidekey.dev/format-db", "yaml"),
+            ("sidekey.dev/params-db", "common_name=a"),
+        ] {
+            let e = denied(&[("sidekey.dev/template-db", t), extra]);
+            assert_eq!(e.key, extra.0, "{e}");
+        }
+        assert_eq!(
+            denied(&[("sidekey.dev/template-db", "  ")]).key,
+            "sidekey.dev/template-db"
+        );
+    }
+
+    #[test]
+    fn vault_agent_injector_annotations_are_translated_with_warnings() {
+        let a = map(&[
+            ("vault.hashicorp.com/agent-inject", "true"),
+            ("vault.hashicorp.com/role", "app"),
+            (
+                "vault.hashicorp.com/agent-inject-secret-db",
+                "database/creds/app",
+            ),
+            ("vault.hashicorp.com/agent-inject-perms-db", "0400"),
+            ("vault.hashicorp.com/go-max-procs", "2"),
+        ]);
+        assert!(opted_in(&a, &BTreeMap::new()).unwrap());
+        let (c, p, warnings) = parse_with_warnings(&a, &defaults()).unwrap();
+        assert_eq!(c.auth.role, "app");
+        assert_eq!(c.secrets[0].path, "database/creds/app");
+        assert_eq!(c.secrets[0].mode, 0o400);
+        assert_eq!(
+            c.secrets[0].template.as_deref(),
+            Some(compat::default_map_template("database/creds/app").as_str())
+        );
+        assert!(!p.init_first, "the injector's init container runs last");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let e = parse(
+            &map(&[
+                ("vault.hashicorp.com/role", "app"),
+                ("vault.hashicorp.com/agent-inject-secret-db", "kv/db"),
+                ("vault.hashicorp.com/agent-inject-token", "true"),
+            ]),
+            &defaults(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "vault.hashicorp.com/agent-inject-token");
+    }
+
+    #[test]
+    fn pods_of_the_incumbent_injectors_are_left_alone() {
+        let none = BTreeMap::new();
+        let injected = map(&[
+            ("vault.hashicorp.com/agent-inject", "true"),
+            ("vault.hashicorp.com/agent-inject-status", "injected"),
+        ]);
+        assert!(!opted_in(&injected, &none).unwrap());
+        let mut both = injected.clone();
+        both.insert("sidekey.dev/inject".into(), "true".into());
+        assert!(!opted_in(&both, &none).unwrap());
+        let bao = map(&[("openbao.org/agent-inject", "true")]);
+        assert!(opted_in(&bao, &none).unwrap());
+        let mut kept = bao.clone();
+        kept.insert("sidekey.dev/inject".into(), "false".into());
+        assert!(!opted_in(&kept, &none).unwrap(), "an explicit false wins");
+        let bad = map(&[("vault.hashicorp.com/agent-inject", "yes")]);
+        assert_eq!(
+            opted_in(&bad, &none).unwrap_err().key,
+            "vault.hashicorp.com/agent-inject"
+        );
     }
 }

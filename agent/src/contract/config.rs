@@ -157,6 +157,12 @@ pub struct SecretSpec {
     /// the same path and parameters share one request (and one credential).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, String>,
+    /// A Go text/template template (`template-<name>`) rendering the file instead of
+    /// [`SecretSpec::format`]; it reads its own secrets with `secret "<path>"`, so
+    /// [`SecretSpec::path`] and [`SecretSpec::params`] are then not read and the path
+    /// may be empty. See docs/templates.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 impl SecretSpec {
@@ -173,6 +179,7 @@ impl SecretSpec {
             refresh_secs: None,
             notify: None,
             params: BTreeMap::new(),
+            template: None,
         }
     }
 }
@@ -299,6 +306,12 @@ impl AgentConfig {
                 return Err(Error::Unusable(format!(
                     "secret {:?}: file {:?} {why}",
                     s.name, s.file
+                )));
+            }
+            if s.path.is_empty() && s.template.is_none() {
+                return Err(Error::Unusable(format!(
+                    "secret {:?} has neither a path nor a template",
+                    s.name
                 )));
             }
             if !seen.insert(s.file.as_str()) {
