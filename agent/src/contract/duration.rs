@@ -31,7 +31,13 @@ pub fn parse(input: &str) -> Result<Duration, Error> {
         return Err(Error::Malformed(s.chars().take(64).collect()));
     }
     if s.bytes().all(|b| b.is_ascii_digit()) {
-        let secs: u64 = s.parse().map_err(|_| Error::Overflow(s.to_owned()))?;
+        // Bounded like `<n>s`, so that every accepted duration formats back to a
+        // string this parser accepts.
+        let secs: u64 = s
+            .parse()
+            .ok()
+            .filter(|secs: &u64| secs.checked_mul(1_000).is_some())
+            .ok_or_else(|| Error::Overflow(s.to_owned()))?;
         return Ok(Duration::from_secs(secs));
     }
 
@@ -111,6 +117,18 @@ mod tests {
             Err(Error::Overflow(_))
         ));
         assert!(matches!(parse("999999999999999h"), Err(Error::Overflow(_))));
+    }
+
+    #[test]
+    fn a_bare_number_of_seconds_is_bounded_like_its_unit_form() {
+        // Found by the `duration` fuzz target: "51111051511110514" was accepted and
+        // formatted to "51111051511110514s", which was then refused as too large.
+        let bare = "51111051511110514";
+        assert!(matches!(parse(bare), Err(Error::Overflow(_))));
+        assert!(matches!(parse(&format!("{bare}s")), Err(Error::Overflow(_))));
+        let largest = u64::MAX / 1_000;
+        let d = parse(&largest.to_string()).expect("the largest bare number");
+        assert_eq!(parse(&format(d)), Ok(d));
     }
 
     #[test]
