@@ -125,7 +125,10 @@ mod tests {
         // formatted to "51111051511110514s", which was then refused as too large.
         let bare = "51111051511110514";
         assert!(matches!(parse(bare), Err(Error::Overflow(_))));
-        assert!(matches!(parse(&format!("{bare}s")), Err(Error::Overflow(_))));
+        assert!(matches!(
+            parse(&format!("{bare}s")),
+            Err(Error::Overflow(_))
+        ));
         let largest = u64::MAX / 1_000;
         let d = parse(&largest.to_string()).expect("the largest bare number");
         assert_eq!(parse(&format(d)), Ok(d));
