@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::patch::{self, Decision, PatchSettings, SkipReason};
+use sidekey_agent::contract::compat;
 
 /// The review API version this webhook is registered for.
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -228,6 +229,10 @@ pub struct Response {
     /// Set on denial.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// Shown to the person creating the pod (kubectl prints them): incumbent
+    /// annotations accepted but ignored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Why a request was refused; `message` is shown to the user by the API server.
@@ -240,6 +245,29 @@ pub struct Status {
     /// Machine-readable reason (`Forbidden`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+}
+
+/// What the translation of the pod's `vault.hashicorp.com/` or `openbao.org/`
+/// annotations accepted but ignores, one warning per key.
+fn translation_warnings(review: &Review) -> Vec<String> {
+    let annotations: std::collections::BTreeMap<String, String> = review
+        .request
+        .object
+        .as_ref()
+        .and_then(|o| o.pointer("/metadata/annotations"))
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !compat::uses_foreign_prefix(&annotations) {
+        return Vec::new();
+    }
+    compat::translate(&annotations)
+        .map(|(_, warnings)| warnings)
+        .unwrap_or_default()
 }
 
 /// Wraps `decision` in the response to `review`, echoing its `apiVersion` and `uid`.
@@ -256,6 +284,7 @@ pub fn respond(review: &Review, decision: &Decision) -> Result<ReviewResponse> {
             patch_type: None,
             patch: None,
             status: None,
+            warnings: Vec::new(),
         },
         Decision::Patch(patch) => {
             let bytes = serde_json::to_vec(patch).map_err(Error::Encode)?;
@@ -265,6 +294,7 @@ pub fn respond(review: &Review, decision: &Decision) -> Result<ReviewResponse> {
                 patch_type: Some("JSONPatch"),
                 patch: Some(STANDARD.encode(bytes)),
                 status: None,
+                warnings: translation_warnings(review),
             }
         }
         Decision::Deny(message) => Response {
@@ -277,6 +307,7 @@ pub fn respond(review: &Review, decision: &Decision) -> Result<ReviewResponse> {
                 message: message.clone(),
                 reason: Some("Forbidden"),
             }),
+            warnings: Vec::new(),
         },
     };
     Ok(ReviewResponse {
@@ -376,5 +407,38 @@ mod tests {
         r.namespace = Some("apps".into());
         r.object = Some(pod);
         assert!(matches!(decide(&r, &settings), Decision::Deny(_)));
+    }
+
+    #[test]
+    fn ignored_incumbent_annotations_come_back_as_warnings() {
+        let pod = serde_json::json!({
+            "metadata": { "annotations": {
+                "vault.hashicorp.com/agent-inject": "true",
+                "vault.hashicorp.com/role": "app",
+                "vault.hashicorp.com/agent-inject-secret-db": "kv/db",
+                "vault.hashicorp.com/log-level": "debug",
+            } },
+            "spec": { "containers": [{ "name": "app", "image": "x" }] },
+        });
+        let settings = PatchSettings {
+            agent_image: "agent:1".into(),
+            defaults: sidekey_agent::contract::annotations::Defaults {
+                vault_addr: "https://vault:8200".into(),
+                vault_ca_pem: None,
+            },
+            ..PatchSettings::default()
+        };
+        let mut r = request("Pod", "CREATE", None);
+        r.object = Some(pod);
+        let decision = decide(&r, &settings);
+        assert!(matches!(decision, Decision::Patch(_)), "{decision:?}");
+        let review = Review {
+            api_version: "admission.k8s.io/v1".into(),
+            request: r,
+        };
+        let json = serde_json::to_value(respond(&review, &decision).unwrap()).unwrap();
+        let warnings = json["response"]["warnings"].as_array().expect("warnings");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].as_str().unwrap().contains("log-level"));
     }
 }

@@ -29,6 +29,7 @@ use json_patch::jsonptr::{PointerBuf, Token};
 use json_patch::{AddOperation, Patch, PatchOperation};
 use serde_json::{Map, Value, json};
 use sidekey_agent::contract::annotations::{self, AgentMode, CaSource, Defaults, Placement};
+use sidekey_agent::contract::compat;
 use sidekey_agent::contract::config::{AgentConfig, CONFIG_ENV};
 use sidekey_agent::contract::layout;
 
@@ -145,6 +146,10 @@ fn decide(pod: &Value, settings: &PatchSettings) -> Result<Decision, String> {
     let metadata = pod.get("metadata");
     let annotations = string_map(metadata, "annotations")?;
     let labels = string_map(metadata, "labels")?;
+    // Injected by the Vault Agent Injector or the OpenBao injector: theirs.
+    if compat::injected_by_incumbent(&annotations) {
+        return Ok(Decision::Skip(SkipReason::AlreadyInjected));
+    }
     if !annotations::opted_in(&annotations, &labels).map_err(|e| e.to_string())? {
         return Ok(Decision::Skip(SkipReason::NotOptedIn));
     }
@@ -527,6 +532,19 @@ fn build_patch(
     if has_annotations {
         let path = ["metadata", "annotations", layout::STATUS_ANNOTATION];
         ops.push(add(path, status));
+        // A pod opted in with an incumbent's annotations is marked injected for that
+        // injector too, so that one, if it also runs, leaves the pod to Sidekey.
+        let own = metadata.and_then(|m| m.get("annotations"));
+        for prefix in [compat::VAULT_PREFIX, compat::OPENBAO_PREFIX] {
+            let opt_in = format!("{prefix}{}", compat::AGENT_INJECT);
+            if own.is_some_and(|a| a.get(&opt_in).is_some()) {
+                let key = format!("{prefix}{}", compat::AGENT_INJECT_STATUS);
+                ops.push(add(
+                    ["metadata", "annotations", key.as_str()],
+                    Value::from("injected"),
+                ));
+            }
+        }
     } else if metadata.is_some() {
         let value = json!({ layout::STATUS_ANNOTATION: status });
         ops.push(add(["metadata", "annotations"], value));
@@ -976,6 +994,69 @@ mod tests {
                 Decision::Skip(SkipReason::AlreadyInjected)
             ));
         }
+    }
+
+    /// A pod annotated the way the Vault Agent Injector's documentation shows.
+    fn vault_pod() -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "web",
+                "annotations": {
+                    "vault.hashicorp.com/agent-inject": "true",
+                    "vault.hashicorp.com/role": "web",
+                    "vault.hashicorp.com/agent-inject-secret-db-creds": "database/creds/web",
+                    "vault.hashicorp.com/agent-inject-template-db-creds":
+                        "{{- with secret \"database/creds/web\" -}}\npostgres://{{ .Data.username }}:{{ .Data.password }}@db/web\n{{- end }}",
+                },
+            },
+            "spec": { "containers": [{ "name": "web", "image": "nginx" }] },
+        })
+    }
+
+    #[test]
+    fn a_vault_agent_injector_pod_is_injected_and_marked_for_both_injectors() {
+        let out = patched(&vault_pod());
+        let annotations = &out["metadata"]["annotations"];
+        assert_eq!(annotations["sidekey.dev/status"], "injected");
+        assert_eq!(
+            annotations["vault.hashicorp.com/agent-inject-status"], "injected",
+            "the Vault Agent Injector, if it also runs, leaves the pod alone"
+        );
+        assert!(annotations.get("openbao.org/agent-inject-status").is_none());
+        let agent = container(&out, "initContainers", "sidekey-agent");
+        let config = config_of(agent);
+        assert_eq!(config.auth.role, "web");
+        assert_eq!(config.secrets[0].name, "db-creds");
+        assert!(
+            config.secrets[0]
+                .template
+                .as_deref()
+                .is_some_and(|t| t.contains("postgres://"))
+        );
+    }
+
+    #[test]
+    fn pods_of_the_incumbent_injectors_are_left_alone() {
+        for prefix in ["vault.hashicorp.com/", "openbao.org/"] {
+            let mut pod = vault_pod();
+            pod["metadata"]["annotations"][format!("{prefix}agent-inject-status")] =
+                json!("injected");
+            assert!(matches!(
+                mutate(&pod, &settings()),
+                Decision::Skip(SkipReason::AlreadyInjected)
+            ));
+        }
+        let mut pod = vault_pod();
+        pod["metadata"]["annotations"]["sidekey.dev/inject"] = json!("false");
+        assert!(matches!(
+            mutate(&pod, &settings()),
+            Decision::Skip(SkipReason::NotOptedIn)
+        ));
+        let mut pod = vault_pod();
+        pod["metadata"]["annotations"]["vault.hashicorp.com/agent-configmap"] = json!("cfg");
+        assert!(denial(&pod).contains("vault.hashicorp.com/agent-configmap"));
     }
 
     #[test]
