@@ -57,14 +57,13 @@ impl Webhook {
             .timeout(Duration::from_secs(5))
             .build()
             .expect("client");
-        let webhook = Webhook {
+        Webhook {
             child,
             port,
             client,
             stderr,
             _dir: dir,
-        };
-        webhook
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -74,10 +73,10 @@ impl Webhook {
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(r) = self.client.get(self.url("/readyz")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = self.client.get(self.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
             }
             assert!(
                 self.child.try_wait().expect("wait").is_none(),
