@@ -234,26 +234,6 @@ impl PodRun {
         self.start_container(name, container)
     }
 
-    /// Runs `argv` as the kubelet runs an exec probe or `kubectl exec` in container
-    /// `name`: same image, user, environment and mounts, at most `limit`.
-    pub fn exec(&mut self, name: &str, argv: &[String], limit: Duration) -> Result<Finished> {
-        let mut container = self.container(name)?.clone();
-        container["command"] = Value::from(argv.to_vec());
-        container["args"] = Value::Null;
-        let mut running = self.start_container(&format!("{name}-exec"), container)?;
-        match running.process.wait_timeout(limit) {
-            Ok(status) => Ok(Finished {
-                status,
-                stdout: running.process.stdout(),
-                stderr: running.process.stderr(),
-            }),
-            Err(e) => Err(failed(format!(
-                "exec in {name}: {e}\n{}",
-                running.process.logs()
-            ))),
-        }
-    }
-
     fn start_container(&mut self, name: &str, container: Value) -> Result<Running> {
         let at = format!("container {name:?}");
 
@@ -834,6 +814,23 @@ impl Running {
         self.kill();
     }
 
+    /// Waits until the container's PID 1 is its command (`comm`, the executable's
+    /// name cut to 15 bytes) rather than the harness's mount script, at most `limit`.
+    /// A runtime starts a container only once its process runs; a signal sent to
+    /// the script would be lost (PID 1 ignores what it has no handler for).
+    pub fn wait_exec(&self, comm: &str, limit: Duration) -> Result<()> {
+        let want: String = comm.chars().take(15).collect();
+        process::wait_for(
+            &format!("container {} to exec {comm}", self.name),
+            limit,
+            || {
+                let pid = self.init_pid()?;
+                let now = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+                (now.trim_end() == want).then_some(())
+            },
+        )
+    }
+
     /// Host pid of the container's PID 1 (the command), if it is running.
     fn init_pid(&self) -> Option<u32> {
         process::children(self.process.pid()).first().copied()
@@ -1087,6 +1084,35 @@ mod tests {
                 .to_string()
                 .contains("status.phase")
         );
+    }
+
+    #[test]
+    fn secret_volumes_hold_the_registered_keys_read_only_and_unknown_ones_are_refused() {
+        if !crate::is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let (_api, m) = minter();
+        let c = json!({"name": "c", "image": HOST_TOOLS_IMAGE,
+            "command": ["/bin/sh", "-c", "cat /ca/bundle.pem; stat -c %a /ca/bundle.pem; \
+                                          touch /ca/x 2>/dev/null && echo writable || echo read-only"],
+            "volumeMounts": [{"name": "ca", "mountPath": "/ca"}]});
+        let mut pod = pod_with(c);
+        pod["spec"]["volumes"] = json!([{"name": "ca", "secret": {"secretName": "vault-ca",
+            "items": [{"key": "ca.crt", "path": "bundle.pem"}], "defaultMode": 0o444}}]);
+        let mut run = PodRun::new(&pod, m.clone(), "uid", "ca", Path::new("/bin/true")).unwrap();
+        let err = run
+            .run("c", Duration::from_secs(20))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"vault-ca\" was not registered"), "{err}");
+
+        let mut run = PodRun::new(&pod, m, "uid", "ca", Path::new("/bin/true")).unwrap();
+        let data = BTreeMap::from([("ca.crt".to_owned(), b"PEM\n".to_vec())]);
+        run.add_object(ObjectKind::Secret, "vault-ca", data);
+        let done = run.run("c", Duration::from_secs(20)).unwrap();
+        assert_eq!(done.code(), Some(0), "{}", done.logs());
+        assert_eq!(done.stdout, "PEM\n444\nread-only\n", "{}", done.logs());
     }
 
     #[test]
