@@ -101,30 +101,44 @@ impl Resolver {
 
     /// Reads the secret at the user's `path` and returns the data to render.
     pub async fn read(&mut self, client: &Client, path: &str) -> vault::Result<SecretResponse> {
+        let (mut resp, kv_v2) = self.read_whole(client, path).await?;
+        if kv_v2 {
+            resp.data = SecretData(kv_v2_data(resp.data.expose()));
+        }
+        Ok(resp)
+    }
+
+    /// Reads the secret at the user's `path` and returns the whole response, as a
+    /// template sees it (for KV v2, `data` and `metadata`), and whether it is a KV v2
+    /// secret, whose rendered data is [`kv_v2_data`] of it.
+    pub async fn read_whole(
+        &mut self,
+        client: &Client,
+        path: &str,
+    ) -> vault::Result<(SecretResponse, bool)> {
         let plan = self.plan(client, path).await?;
         let api_path = match &plan {
             Plan::KvV2 { api_path } => api_path.as_str(),
             Plan::Plain | Plan::Guess => path.trim_matches('/'),
         };
-        let mut resp = client.read(api_path).await?;
+        let resp = client.read(api_path).await?;
         let unwrap = match plan {
             Plan::KvV2 { .. } => true,
             Plan::Guess => looks_like_kv_v2(resp.data.expose()),
             Plan::Plain => false,
         };
-        if unwrap {
-            let inner = match &mut resp.data.0 {
-                Value::Object(map) => map.remove("data"),
-                _ => None,
-            };
-            resp.data = SecretData(match inner {
-                Some(v @ Value::Object(_)) => v,
-                // A deleted or destroyed version has `"data": null`; Vault answers 404
-                // for those, so this is only reached on an odd server. Render nothing.
-                _ => Value::Object(Default::default()),
-            });
-        }
-        Ok(resp)
+        Ok((resp, unwrap))
+    }
+}
+
+/// The secret's own key/value map of a whole KV v2 response (`data.data`), never the
+/// `metadata` wrapper.
+pub fn kv_v2_data(whole: &Value) -> Value {
+    match whole.get("data") {
+        Some(v @ Value::Object(_)) => v.clone(),
+        // A deleted or destroyed version has `"data": null`; Vault answers 404 for
+        // those, so this is only reached on an odd server. Render nothing.
+        _ => Value::Object(Default::default()),
     }
 }
 

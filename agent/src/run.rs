@@ -24,7 +24,7 @@
 //! Log events carry `secret.name`, `secret.path`, `file`, `changed`, `lease.id`,
 //! `lease.ttl_secs`, `token.accessor`; never a value, a token or the JWT.
 
-use std::{future::Future, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, future::Future, path::PathBuf, time::Duration};
 
 use secrecy::SecretString;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
@@ -36,6 +36,7 @@ use crate::{
     schedule::{self, Action},
     source::{self, Held, Source},
     state,
+    template::{self, Template},
     vault::{self, Client},
 };
 
@@ -114,6 +115,21 @@ pub enum Error {
         #[source]
         source: render::Error,
     },
+    /// A `template-<name>` does not parse: the configuration is unusable.
+    #[error("secret {name:?}: the template is not valid")]
+    TemplateParse {
+        name: String,
+        #[source]
+        source: template::Error,
+    },
+    /// A template failed to render (missing key, bad function argument, secrets
+    /// nested too deep). The file keeps its last good content.
+    #[error("secret {name:?}: rendering the template failed")]
+    Template {
+        name: String,
+        #[source]
+        source: template::Error,
+    },
     #[error("secret {name:?}: writing file {file:?} failed")]
     Write {
         name: String,
@@ -156,7 +172,7 @@ impl Error {
     /// everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Client(_) => 64,
+            Error::Client(_) | Error::TemplateParse { .. } => 64,
             _ => 1,
         }
     }
@@ -256,6 +272,24 @@ struct Agent {
     notifier: Option<notify::Dispatcher>,
     /// The policy refused `sys/leases/revoke` once: replaced leases are left to expire.
     lease_revoke_denied: bool,
+    /// Per secret of the configuration: its parsed template, if it has one.
+    templates: Vec<Option<Template>>,
+    /// Per secret: template state (rounds of discovery, last outcome).
+    template_state: Vec<TemplateState>,
+}
+
+/// Where a template stands.
+#[derive(Default)]
+struct TemplateState {
+    /// Executed at least once (so its first sources are known).
+    discovered: bool,
+    /// Consecutive executions that found secrets not read before (paths computed from
+    /// data); bounded by [`template::MAX_ROUNDS`].
+    rounds: usize,
+    /// Written at least once from complete data.
+    rendered: bool,
+    /// The last failure, kept for the init container's verdict.
+    error: Option<template::Error>,
 }
 
 impl Agent {
@@ -279,13 +313,43 @@ impl Agent {
         }
         let now = Instant::now();
         let default_refresh = config.refresh_secs;
-        let sources = source::group(
-            config.secrets.iter().map(|s| {
+        let mut templates = Vec::with_capacity(config.secrets.len());
+        for s in &config.secrets {
+            templates.push(match &s.template {
+                Some(text) => {
+                    Some(
+                        template::parse(&s.name, text).map_err(|source| Error::TemplateParse {
+                            name: s.name.clone(),
+                            source,
+                        })?,
+                    )
+                }
+                None => None,
+            });
+        }
+        // Secrets with a format read their path; a template's sources are found by
+        // executing it (see `render_template`).
+        let plain: Vec<usize> = (0..config.secrets.len())
+            .filter(|&i| templates[i].is_none())
+            .collect();
+        let mut sources = source::group(
+            plain.iter().map(|&i| {
+                let s = &config.secrets[i];
                 let secs = s.refresh_secs.unwrap_or(default_refresh).max(1);
                 (s.path.as_str(), &s.params, Duration::from_secs(secs))
             }),
             now,
         );
+        for s in &mut sources {
+            for i in &mut s.secrets {
+                *i = plain[*i];
+            }
+        }
+        let template_state = config
+            .secrets
+            .iter()
+            .map(|_| TemplateState::default())
+            .collect();
         // Only secrets with a `notify` need the dispatcher (and its HTTP client).
         let notifier = if notifications && config.secrets.iter().any(|s| s.notify.is_some()) {
             let notifier = notify::Notifier::new().map_err(Error::Notify)?;
@@ -310,7 +374,162 @@ impl Agent {
             login_retry_at: None,
             notifier,
             lease_revoke_denied: false,
+            templates,
+            template_state,
         })
+    }
+
+    /// The refresh interval of secret `i`.
+    fn refresh_of(&self, i: usize) -> Duration {
+        let secs = self.config.secrets[i]
+            .refresh_secs
+            .unwrap_or(self.config.refresh_secs)
+            .max(1);
+        Duration::from_secs(secs)
+    }
+
+    /// Makes secret `i` render from the source `key`, adding the source (due now)
+    /// when no secret used it yet. Returns whether the source is new.
+    fn link(&mut self, key: &source::Key, i: usize) -> bool {
+        let refresh = self.refresh_of(i);
+        if let Some(s) = self.sources.iter_mut().find(|s| s.key == *key) {
+            if !s.secrets.contains(&i) {
+                s.secrets.push(i);
+            }
+            s.refresh = s.refresh.min(refresh);
+            return false;
+        }
+        let mut added = source::group([(key.path.as_str(), &key.params, refresh)], Instant::now());
+        for mut s in added.drain(..) {
+            s.secrets = vec![i];
+            self.sources.push(s);
+        }
+        true
+    }
+
+    /// What every source holds, as templates see it.
+    fn fetched(&self) -> BTreeMap<source::Key, template::Fetched> {
+        self.sources
+            .iter()
+            .filter_map(|s| {
+                let h = s.held.as_ref()?;
+                Some((
+                    s.key.clone(),
+                    template::Fetched {
+                        data: h.data.expose().clone(),
+                        lease_id: h.lease_id.clone(),
+                        lease_duration: h.ttl.as_secs(),
+                        renewable: h.renewable,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Executes every template not executed yet, so its first sources are known.
+    fn discover(&mut self) -> Result<()> {
+        for i in 0..self.templates.len() {
+            if self.templates[i].is_some() && !self.template_state[i].discovered {
+                self.render_template(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Renders template `i` from what is held. Sources it reads that are not held
+    /// yet are added (due now) and the file is left as it is; so is it when the
+    /// template fails, which is logged and kept for [`Agent::template_verdict`].
+    /// Only writing the file is an error here.
+    fn render_template(&mut self, i: usize) -> Result<()> {
+        let Some(t) = self.templates[i].clone() else {
+            return Ok(());
+        };
+        let run = t.execute(&self.fetched());
+        self.template_state[i].discovered = true;
+        let linked: Vec<bool> = run
+            .used
+            .iter()
+            .map(|k| {
+                self.sources
+                    .iter()
+                    .any(|s| s.key == *k && s.secrets.contains(&i))
+            })
+            .collect();
+        if linked.contains(&false) {
+            let state = &mut self.template_state[i];
+            state.rounds += 1;
+            if state.rounds > template::MAX_ROUNDS {
+                let err = t.unresolved(&run.missing);
+                warn!(secret.name = %self.config.secrets[i].name, error = %err, "template failed; keeping the last good file");
+                state.error = Some(err);
+                return Ok(());
+            }
+            for key in &run.used {
+                self.link(key, i);
+            }
+        }
+        if !run.missing.is_empty() {
+            return Ok(());
+        }
+        self.template_state[i].rounds = 0;
+        match run.output {
+            Ok(bytes) => {
+                self.write_file(i, &bytes)?;
+                let state = &mut self.template_state[i];
+                state.rendered = true;
+                state.error = None;
+            }
+            Err(err) => {
+                let spec = &self.config.secrets[i];
+                warn!(secret.name = %spec.name, file = %spec.file, error = %err, "template failed; keeping the last good file");
+                self.template_state[i].error = Some(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// For the init container: every template rendered, or the first failure.
+    fn template_verdict(&mut self) -> Result<()> {
+        for i in 0..self.templates.len() {
+            let Some(t) = &self.templates[i] else {
+                continue;
+            };
+            let name = self.config.secrets[i].name.clone();
+            let state = &mut self.template_state[i];
+            if let Some(source) = state.error.take() {
+                return Err(Error::Template { name, source });
+            }
+            if !state.rendered {
+                let run = t.execute(&self.fetched());
+                return Err(Error::Template {
+                    name,
+                    source: t.unresolved(&run.missing),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the bytes of secret `i` and notifies the app if they changed.
+    fn write_file(&mut self, i: usize, bytes: &[u8]) -> Result<()> {
+        let spec = &self.config.secrets[i];
+        let outcome = files::write(&self.dir, &spec.file, bytes, spec.mode).map_err(|source| {
+            Error::Write {
+                name: spec.name.clone(),
+                file: spec.file.clone(),
+                source,
+            }
+        })?;
+        let changed = outcome.changed();
+        if changed {
+            info!(secret.name = %spec.name, secret.path = %spec.path, file = %spec.file, changed, "secret rendered");
+            if let (Some(n), Some(dispatcher)) = (&spec.notify, &self.notifier) {
+                dispatcher.spawn_notify(&spec.name, n);
+            }
+        } else {
+            debug!(secret.name = %spec.name, secret.path = %spec.path, file = %spec.file, changed, "secret unchanged");
+        }
+        Ok(())
     }
 
     fn read_jwt(&self) -> Result<SecretString> {
@@ -468,6 +687,34 @@ impl Agent {
         });
         self.kv.remember(loaded.mounts);
 
+        // Templates find their sources by executing: against the handed-over data they
+        // read what the previous process fetched for them.
+        let have: BTreeMap<source::Key, template::Fetched> = loaded
+            .sources
+            .iter()
+            .map(|r| {
+                (
+                    source::Key {
+                        path: r.path.clone(),
+                        params: r.params.clone(),
+                    },
+                    template::Fetched {
+                        data: r.data.expose().clone(),
+                        lease_id: r.lease_id.clone(),
+                        lease_duration: r.ttl_secs,
+                        renewable: r.renewable,
+                    },
+                )
+            })
+            .collect();
+        for i in 0..self.templates.len() {
+            if let Some(t) = self.templates[i].clone() {
+                for key in t.execute(&have).used {
+                    self.link(&key, i);
+                }
+            }
+        }
+
         let mut adopted = 0;
         for record in loaded.sources {
             let key = source::Key {
@@ -490,6 +737,7 @@ impl Agent {
                 renewable: record.renewable,
                 expires,
                 token_accessor: record.token_accessor,
+                kv_v2: record.kv_v2,
             });
             s.action = record.action;
             s.due = schedule::from_wall(record.next_ms);
@@ -548,6 +796,7 @@ impl Agent {
                         next_ms: schedule::to_wall(s.due),
                         action: s.action,
                         token_accessor: h.token_accessor.clone(),
+                        kv_v2: h.kv_v2,
                         data: h.data.clone(),
                     })
                 })
@@ -566,11 +815,14 @@ impl Agent {
         let key = self.sources[index].key.clone();
         let first = self.sources[index].secrets[0];
         let result = if key.params.is_empty() {
-            self.kv.read(&self.client, &key.path).await
+            self.kv.read_whole(&self.client, &key.path).await
         } else {
-            self.client.write(&key.path, &key.params).await
+            self.client
+                .write(&key.path, &key.params)
+                .await
+                .map(|r| (r, false))
         };
-        let resp = result.map_err(|source| {
+        let (resp, kv_v2) = result.map_err(|source| {
             let (name, path) = (self.config.secrets[first].name.clone(), key.path.clone());
             match source {
                 vault::Error::NotFound { .. } => Error::NotFound {
@@ -595,8 +847,9 @@ impl Agent {
         let now = Instant::now();
         let accessor = self.token.as_ref().and_then(|t| t.accessor.clone());
         let s = &mut self.sources[index];
-        let (held, action, due) =
+        let (mut held, action, due) =
             Held::from_response(resp, now, s.refresh, accessor.clone(), schedule::jitter());
+        held.kv_v2 = kv_v2;
         if held.kind.is_dynamic() {
             info!(
                 secret.path = %key.path,
@@ -637,31 +890,20 @@ impl Agent {
         let Some(held) = &s.held else {
             return Ok(());
         };
-        for &i in &s.secrets {
-            let spec = &self.config.secrets[i];
-            let bytes = render::render(&spec.format, held.data.expose()).map_err(|source| {
-                Error::Render {
-                    name: spec.name.clone(),
-                    source,
-                }
-            })?;
-            let outcome =
-                files::write(&self.dir, &spec.file, &bytes, spec.mode).map_err(|source| {
-                    Error::Write {
-                        name: spec.name.clone(),
-                        file: spec.file.clone(),
-                        source,
-                    }
-                })?;
-            let changed = outcome.changed();
-            if changed {
-                info!(secret.name = %spec.name, secret.path = %spec.path, file = %spec.file, changed, "secret rendered");
-                if let (Some(n), Some(dispatcher)) = (&spec.notify, &self.notifier) {
-                    dispatcher.spawn_notify(&spec.name, n);
-                }
-            } else {
-                debug!(secret.name = %spec.name, secret.path = %spec.path, file = %spec.file, changed, "secret unchanged");
+        let secrets = s.secrets.clone();
+        let data = held.format_data().into_owned();
+        for i in secrets {
+            if self.templates[i].is_some() {
+                // A failing template keeps its file and never causes a re-fetch.
+                self.render_template(i)?;
+                continue;
             }
+            let spec = &self.config.secrets[i];
+            let bytes = render::render(&spec.format, &data).map_err(|source| Error::Render {
+                name: spec.name.clone(),
+                source,
+            })?;
+            self.write_file(i, &bytes)?;
         }
         Ok(())
     }
@@ -808,6 +1050,9 @@ impl Agent {
         if self.token.is_none() {
             self.save_state();
             return self.login_retry_at.unwrap_or_else(Instant::now);
+        }
+        if let Err(e) = self.discover() {
+            warn!(error = %error_chain(&e), "rendering a template failed");
         }
 
         for index in 0..self.sources.len() {
@@ -1047,12 +1292,17 @@ async fn init_round(agent: &mut Agent) -> Result<()> {
     if agent.token.is_none() {
         agent.login().await?;
     }
-    for index in 0..agent.sources.len() {
+    agent.discover()?;
+    // Templates add sources as they find them, so the list grows while it is walked;
+    // each template finds new ones at most `template::MAX_ROUNDS` times.
+    let mut index = 0;
+    while index < agent.sources.len() {
         if agent.sources[index].held.is_none() {
             agent.fetch(index).await?;
         }
+        index += 1;
     }
-    Ok(())
+    agent.template_verdict()
 }
 
 /// Sidecar mode: keeps every secret fresh until `shutdown` completes, then revokes the

@@ -77,6 +77,9 @@ pub struct Held {
     pub expires: Instant,
     /// The token that created the lease: it dies with that token.
     pub token_accessor: Option<String>,
+    /// `data` is a whole KV v2 response (`data` and `metadata`): formats render its
+    /// `data`, templates see it whole.
+    pub kv_v2: bool,
 }
 
 impl fmt::Debug for Held {
@@ -92,6 +95,15 @@ impl fmt::Debug for Held {
 }
 
 impl Held {
+    /// The data a format renders: for KV v2 the secret's own map.
+    pub fn format_data(&self) -> std::borrow::Cow<'_, Value> {
+        if self.kv_v2 {
+            std::borrow::Cow::Owned(crate::kv::kv_v2_data(self.data.expose()))
+        } else {
+            std::borrow::Cow::Borrowed(self.data.expose())
+        }
+    }
+
     /// What a response fetched at `now` holds, and the first action on it.
     pub fn from_response(
         resp: SecretResponse,
@@ -133,6 +145,7 @@ impl Held {
             expires,
             token_accessor,
             data: resp.data,
+            kv_v2: false,
         };
         (held, action, at)
     }

@@ -119,6 +119,9 @@ pub struct SourceRecord {
     /// Accessor of the token that created the lease.
     #[serde(default)]
     pub token_accessor: Option<String>,
+    /// `data` is a whole KV v2 response; see [`crate::source::Held::kv_v2`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kv_v2: bool,
     #[serde(serialize_with = "expose_data", deserialize_with = "data")]
     pub data: SecretData,
 }
@@ -215,6 +218,7 @@ mod tests {
                 next_ms: 2,
                 action: Action::Renew,
                 token_accessor: Some("acc".into()),
+                kv_v2: false,
                 data: SecretData(serde_json::json!({"password": "pw-data-secret"})),
             }],
         }
