@@ -200,6 +200,13 @@ impl Template {
 
     /// Executes against `have`, recording what it reads; see [`Execution`].
     pub fn execute(&self, have: &BTreeMap<Key, Fetched>) -> Execution {
+        NUMBERS.with(|n| n.borrow_mut().clear());
+        let run = self.execute_inner(have);
+        NUMBERS.with(|n| n.borrow_mut().clear());
+        run
+    }
+
+    fn execute_inner(&self, have: &BTreeMap<Key, Fetched>) -> Execution {
         let ctx = Context {
             have: have
                 .iter()
@@ -442,26 +449,55 @@ fn pki_value(secret: &Value) -> Value {
     ])
 }
 
-/// JSON to a template value: objects become maps (iterated in sorted key order),
-/// integers stay integers.
+thread_local! {
+    /// Addresses of the strings that stand for JSON numbers of secret data, during one
+    /// execution (gotmpl calls functions on the executing thread). The values holding
+    /// them live as long as the execution, so an address cannot be reused meanwhile.
+    static NUMBERS: std::cell::RefCell<std::collections::HashSet<usize>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
+fn is_number(s: &Arc<str>) -> bool {
+    let addr = Arc::as_ptr(s).cast::<u8>() as usize;
+    NUMBERS.with(|n| n.borrow().contains(&addr))
+}
+
+/// Secret data as consul-template sees it: Vault's client decodes numbers as
+/// `json.Number`, a string type, so they print, compare and `%q`-format as strings
+/// while `toJSON` and `toYAML` still write them as numbers. Here a number becomes a
+/// string whose address is remembered for the serializers.
 pub fn from_json(v: &Json) -> Value {
     match v {
-        Json::Null => Value::Nil,
-        Json::Bool(b) => Value::Bool(*b),
         Json::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Value::Int(i)
-            } else if let Some(u) = n.as_u64() {
-                Value::Uint(u)
-            } else {
-                Value::Float(n.as_f64().unwrap_or(0.0))
-            }
+            let s: Arc<str> = Arc::from(n.to_string().as_str());
+            NUMBERS.with(|set| {
+                set.borrow_mut()
+                    .insert(Arc::as_ptr(&s).cast::<u8>() as usize)
+            });
+            Value::String(s)
         }
-        Json::String(s) => string(s),
         Json::Array(a) => Value::List(a.iter().map(from_json).collect::<Vec<_>>().into()),
         Json::Object(o) => Value::Map(Arc::new(
             o.iter()
                 .map(|(k, v)| (Arc::from(k.as_str()), from_json(v)))
+                .collect(),
+        )),
+        other => from_json_plain(other),
+    }
+}
+
+/// JSON as Go's `json.Unmarshal` into `interface{}` gives it (`parseJSON`): numbers
+/// are floats.
+fn from_json_plain(v: &Json) -> Value {
+    match v {
+        Json::Null => Value::Nil,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => Value::Float(n.as_f64().unwrap_or(0.0)),
+        Json::String(s) => string(s),
+        Json::Array(a) => Value::List(a.iter().map(from_json_plain).collect::<Vec<_>>().into()),
+        Json::Object(o) => Value::Map(Arc::new(
+            o.iter()
+                .map(|(k, v)| (Arc::from(k.as_str()), from_json_plain(v)))
                 .collect(),
         )),
     }
@@ -581,7 +617,7 @@ fn helpers() -> [(&'static str, Helper); 19] {
                 return Ok(map([]));
             }
             serde_json::from_str::<Json>(s)
-                .map(|j| from_json(&j))
+                .map(|j| from_json_plain(&j))
                 .map_err(|e| {
                     exec(format!(
                         "parseJSON: not JSON (line {}, column {})",
@@ -685,6 +721,7 @@ fn write_json(out: &mut String, v: &Value, depth: Option<usize>, html: bool) {
         Value::Int(n) => out.push_str(&n.to_string()),
         Value::Uint(n) => out.push_str(&n.to_string()),
         Value::Float(f) => out.push_str(&go_json_float(*f)),
+        Value::String(s) if is_number(s) => out.push_str(s),
         Value::String(s) => json_string(out, s, html),
         Value::List(items) => {
             if items.is_empty() {
@@ -859,6 +896,7 @@ fn yaml_scalar(v: &Value, indent: usize) -> String {
         Value::Int(n) => n.to_string(),
         Value::Uint(n) => n.to_string(),
         Value::Float(f) => go_json_float(*f),
+        Value::String(s) if is_number(s) => s.to_string(),
         Value::String(s) => yaml_str(s, indent),
         Value::Map(_) => "{}".into(),
         Value::List(_) => "[]".into(),
@@ -1256,10 +1294,13 @@ mod tests {
                 "{\n  \"k\": [\n    1,\n    \"two\",\n    null\n  ]\n}",
             ),
             ("{{ .Data.nested | toYAML }}", "k:\n- 1\n- two\n- null"),
-            ("{{ printf \"%s=%d\" \"n\" .Data.n }}", "n=5"),
+            (
+                "{{ printf \"%s=%s %q\" \"n\" .Data.n .Data.n }}",
+                "n=5 \"5\"",
+            ),
             ("{{ index .Data \"html\" }}", "<a&b>"),
             (
-                "{{ $x := .Data.n }}{{ if eq $x 5 }}five{{ else }}other{{ end }}",
+                "{{ $x := .Data.n }}{{ if eq $x \"5\" }}five{{ else }}other{{ end }}",
                 "five",
             ),
         ];
