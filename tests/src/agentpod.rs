@@ -7,7 +7,8 @@
 //! - native sidecar (the default): `sidekey-agent` is an init container with
 //!   `restartPolicy: Always`; the kubelet starts it and holds back the next container
 //!   until its startup probe (`/sidekey-agent probe`: the `ready` file in the state
-//!   volume exists) passes.
+//!   volume exists) passes. The harness runs that probe as the kubelet would, in the
+//!   sidecar's container environment.
 //!
 //! "Crash" and "restart" act on the sidecar container only, as the kubelet restarts a
 //! single container of a pod: the volumes (secrets, state) survive.
@@ -114,6 +115,10 @@ impl AgentPod {
             return Err(failed("the sidecar is already running"));
         }
         let running = self.run.start(layout::SIDECAR_CONTAINER)?;
+        let name = layout::AGENT_BINARY.trim_start_matches('/');
+        running
+            .wait_exec(name, Duration::from_secs(10))
+            .map_err(|e| failed(format!("{e}\n{}", running.logs())))?;
         self.sidecar = Some(running);
         if self.layout == Layout::Native {
             self.wait_ready(READY_LIMIT)?;
@@ -121,13 +126,46 @@ impl AgentPod {
         Ok(())
     }
 
-    /// Waits for the startup probe's condition: `<state volume>/ready` exists.
+    /// Runs the sidecar's `startupProbe` (an exec probe) every `periodSeconds`, as the
+    /// kubelet does, until it exits 0; bounded by `limit` and by the sidecar exiting.
     fn wait_ready(&mut self, limit: Duration) -> Result<()> {
-        let ready = self.state_dir()?.join(layout::READY_FILE);
+        let spec = self.run.pod()["spec"]["initContainers"]
+            .as_array()
+            .and_then(|l| l.iter().find(|c| c["name"] == layout::SIDECAR_CONTAINER))
+            .map(|c| c["startupProbe"].clone())
+            .unwrap_or_default();
+        let argv: Vec<String> = spec["exec"]["command"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if argv.is_empty() {
+            return Err(failed(
+                "the native sidecar has no exec startupProbe; the kubelet would start the app at once",
+            ));
+        }
+        let period = Duration::from_secs(spec["periodSeconds"].as_u64().unwrap_or(10).max(1));
         let deadline = Instant::now() + limit;
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         loop {
-            if ready.exists() {
-                return Ok(());
+            let sidecar = self.sidecar.as_ref().ok_or_else(|| failed("no sidecar"))?;
+            let probe = sidecar.exec(&argv, Duration::from_secs(10))?;
+            self.past.push(format!("{}{}", probe.stdout, probe.stderr));
+            match probe.code() {
+                Some(0) => return Ok(()),
+                // Not ready yet: the only other answer the probe's contract allows.
+                Some(1) => {}
+                _ => {
+                    return Err(failed(format!(
+                        "the native sidecar's startup probe {argv:?} exited {}, which is \
+                         neither ready (0) nor not-yet-ready (1); it would never pass:\n{}",
+                        probe.status,
+                        probe.logs()
+                    )));
+                }
             }
             let sidecar = self.sidecar.as_mut().ok_or_else(|| failed("no sidecar"))?;
             if !sidecar.is_running() {
@@ -136,14 +174,16 @@ impl AgentPod {
                     sidecar.logs()
                 )));
             }
-            if Instant::now() >= deadline {
+            if Instant::now() + period >= deadline {
                 return Err(failed(format!(
-                    "the native sidecar's startup probe ({} exists) did not pass within {limit:?}\n{}",
-                    ready.display(),
+                    "the native sidecar's startup probe {argv:?} did not pass within {limit:?}; \
+                     last probe exited {}:\n{}\n{}",
+                    probe.status,
+                    probe.logs(),
                     sidecar.logs()
                 )));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(period);
         }
     }
 

@@ -122,8 +122,13 @@ impl<'a> DbRole<'a> {
                     .map_err(|e| failed(format!("listing leases printed non-JSON: {e}")))?;
                 Ok(keys.into_iter().map(|k| format!("{prefix}{k}")).collect())
             }
-            // The CLI reports "no value found" (404) when nothing is left.
-            Err(e) if e.to_string().contains("No value found") => Ok(Vec::new()),
+            // Nothing left: the CLI prints `{}` and exits 2 (404 from the API).
+            Err(e)
+                if e.to_string().contains("exit status: 2")
+                    && e.to_string().trim_end().ends_with("{}") =>
+            {
+                Ok(Vec::new())
+            }
             Err(e) => Err(e),
         }
     }

@@ -133,8 +133,13 @@ impl OpenBao {
 
     /// Kills the server (SIGKILL) as a crash or an outage would; its address then
     /// refuses connections.
-    pub fn kill(&mut self) {
-        self.process.kill();
+    /// Takes `&self` so a test can stop a server that tenants still borrow.
+    pub fn kill(&self) -> Result<()> {
+        process::send_signal(self.process.pid(), "KILL")?;
+        let addr = self.addr.trim_start_matches("https://").to_owned();
+        process::wait_for("the killed OpenBao to stop listening", START_LIMIT, || {
+            std::net::TcpStream::connect(&addr).is_err().then_some(())
+        })
     }
 
     /// The server's own output, for failure reports.

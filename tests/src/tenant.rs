@@ -26,6 +26,8 @@ pub struct Options {
     pub token_max_ttl: String,
     /// A database role with these TTLs, rendered to [`DB_FILE`]; `None`: no database.
     pub db: Option<Ttls>,
+    /// Whether the policy has the optional `sys/leases/revoke/<creds path>/*` line.
+    pub revoke_replaced: bool,
 }
 
 impl Default for Options {
@@ -37,6 +39,7 @@ impl Default for Options {
                 default: 30,
                 max: 30,
             }),
+            revoke_replaced: true,
         }
     }
 }
@@ -66,15 +69,22 @@ impl std::fmt::Debug for Tenant<'_> {
     }
 }
 
-/// The minimal policy of an agent reading `kv_api_path` and, if any, `creds_path`:
-/// read on those paths only. Token renewal, lookup and self-revocation and lease
-/// renewal come from OpenBao's `default` policy, which every login gets.
-pub fn agent_policy(kv_api_path: &str, creds_path: Option<&str>) -> String {
+/// The minimal policy of `docs/vault-policy.md` for an agent reading `kv_api_path`
+/// and, if any, `creds_path`: read on those paths and, with `revoke_replaced` (the
+/// optional, recommended line), revocation of that path's leases only. Token renewal,
+/// lookup and self-revocation and lease renewal come from OpenBao's `default` policy,
+/// which every login gets.
+pub fn agent_policy(kv_api_path: &str, creds_path: Option<&str>, revoke_replaced: bool) -> String {
     let mut hcl = format!("path \"{kv_api_path}\" {{\n  capabilities = [\"read\"]\n}}\n");
     if let Some(p) = creds_path {
         hcl.push_str(&format!(
             "path \"{p}\" {{\n  capabilities = [\"read\"]\n}}\n"
         ));
+        if revoke_replaced {
+            hcl.push_str(&format!(
+                "path \"sys/leases/revoke/{p}/*\" {{\n  capabilities = [\"update\"]\n}}\n"
+            ));
+        }
     }
     hcl
 }
@@ -98,7 +108,11 @@ impl<'a> Tenant<'a> {
         let policy = format!("sidekey-{id}");
         bao.policy_write(
             &policy,
-            &agent_policy(&kv_api_path, db.as_ref().map(DbRole::creds_path).as_deref()),
+            &agent_policy(
+                &kv_api_path,
+                db.as_ref().map(DbRole::creds_path).as_deref(),
+                options.revoke_replaced,
+            ),
         )?;
         bao.write_json(
             &format!("{AUTH_MOUNT}/role/{id}"),
