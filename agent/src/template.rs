@@ -290,6 +290,7 @@ impl Template {
         for (name, f) in helpers() {
             t = t.func(name, f);
         }
+        t = t.func("printf", printf);
         t.parse(&self.text).map_err(|e| Error::Parse {
             template: self.name.clone(),
             message: e.to_string(),
@@ -627,6 +628,99 @@ fn helpers() -> [(&'static str, Helper); 19] {
                 })
         }),
     ]
+}
+
+/// Go's `fmt.Sprintf` as templates use it. gotmpl formats scalars like Go; for a list
+/// or map argument Go applies the verb to each element (`%q` of `["a" "b"]` gives
+/// `["a" "b"]`, of a map `map["k":"v"]`), which is done here before handing the rest to
+/// gotmpl's own `printf`.
+fn printf(args: &[Value]) -> gotmpl::Result<Value> {
+    let fmt = str_arg(args, 0, "printf")?;
+    let rest = &args[1..];
+    if !rest
+        .iter()
+        .any(|a| matches!(a, Value::List(_) | Value::Map(_)))
+    {
+        return gotmpl_printf(fmt, rest).map(string);
+    }
+    let chars: Vec<char> = fmt.chars().collect();
+    let (mut out_fmt, mut out_args, mut next) = (String::new(), Vec::new(), 0);
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] != '%' {
+            out_fmt.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        let start = i;
+        i += 1;
+        while i < chars.len() && "+-# 0123456789.".contains(chars[i]) {
+            i += 1;
+        }
+        if i >= chars.len() {
+            out_fmt.extend(&chars[start..]);
+            break;
+        }
+        if chars[i] == '*' || chars[i] == '[' {
+            // Argument indexes and star widths: leave everything to gotmpl.
+            return gotmpl_printf(fmt, rest).map(string);
+        }
+        i += 1;
+        let spec: String = chars[start..i].iter().collect();
+        if spec == "%%" {
+            out_fmt.push_str("%%");
+            continue;
+        }
+        match rest.get(next) {
+            Some(v @ (Value::List(_) | Value::Map(_))) if spec != "%v" => {
+                out_fmt.push_str("%s");
+                out_args.push(string(elementwise(&spec, v)?));
+            }
+            Some(v) => {
+                out_fmt.push_str(&spec);
+                out_args.push(v.clone());
+            }
+            None => out_fmt.push_str(&spec),
+        }
+        next += 1;
+    }
+    out_args.extend(rest.iter().skip(next).cloned());
+    gotmpl_printf(&out_fmt, &out_args).map(string)
+}
+
+fn elementwise(spec: &str, v: &Value) -> gotmpl::Result<String> {
+    match v {
+        Value::List(items) => {
+            let parts: Vec<String> = items
+                .iter()
+                .map(|x| elementwise(spec, x))
+                .collect::<gotmpl::Result<_>>()?;
+            Ok(format!("[{}]", parts.join(" ")))
+        }
+        Value::Map(m) => {
+            let mut parts = Vec::with_capacity(m.len());
+            for (k, x) in m.iter() {
+                let key = elementwise(spec, &Value::String(Arc::clone(k)))?;
+                parts.push(format!("{key}:{}", elementwise(spec, x)?));
+            }
+            Ok(format!("map[{}]", parts.join(" ")))
+        }
+        scalar => gotmpl_printf(spec, std::slice::from_ref(scalar)),
+    }
+}
+
+/// gotmpl's built-in `printf`, reached through a one-line template (it is not
+/// exported as a function).
+fn gotmpl_printf(fmt: &str, args: &[Value]) -> gotmpl::Result<String> {
+    let mut text = String::from("{{ printf .f");
+    for i in 0..args.len() {
+        text.push_str(&format!(" (index .a {i})"));
+    }
+    text.push_str(" }}");
+    let data = map([("a", Value::List(args.to_vec().into())), ("f", string(fmt))]);
+    gotmpl::Template::new("printf")
+        .parse(&text)?
+        .execute_to_string(&data)
 }
 
 /// Go's `strings.ReplaceAll`: an empty `from` inserts `to` around every character.
