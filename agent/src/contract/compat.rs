@@ -943,4 +943,27 @@ mod tests {
         assert_eq!(foreign_opt_in(&map(&[])).unwrap(), None);
         assert!(foreign_opt_in(&map(&[("openbao.org/agent-inject", "yes")])).is_err());
     }
+
+    #[test]
+    fn every_key_of_the_migration_table_is_known() {
+        let doc = include_str!("../../../docs/migrating.md");
+        let mut keys = 0;
+        for line in doc.lines().filter(|l| l.starts_with("| `v/")) {
+            let cell = line.split('|').nth(1).unwrap_or("");
+            for key in cell.split('`').filter(|k| k.starts_with("v/")) {
+                let key = key
+                    .trim_start_matches("v/")
+                    .replace("<name>", "x")
+                    .replace("<param>", "p")
+                    .replace("<other>", "other");
+                let mut a = map(&[("vault.hashicorp.com/agent-inject-secret-x", "kv/x")]);
+                a.insert(format!("{VAULT_PREFIX}{key}"), "true".into());
+                if let Err(e) = translate(&a) {
+                    assert!(!e.problem.contains("unknown annotation"), "{key}: {e}");
+                }
+                keys += 1;
+            }
+        }
+        assert!(keys > 70, "only {keys} keys found in docs/migrating.md");
+    }
 }
