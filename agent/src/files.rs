@@ -123,7 +123,7 @@ pub fn write(dir: &Path, file: &str, contents: &[u8], mode: u32) -> Result<Outco
     }
 
     let (temp, handle) = create_temp(&parent, mode)?;
-    let result = fill_and_rename(handle, &temp, &target, contents);
+    let result = fill_and_rename(handle, &temp, &target, contents, file);
     if result.is_err() {
         // Best effort: the rename did not happen, so the temp file is still ours.
         let _ = fs::remove_file(&temp);
@@ -200,10 +200,17 @@ fn create_temp(parent: &Path, mode: u32) -> Result<(PathBuf, File)> {
     })
 }
 
-fn fill_and_rename(mut file: File, temp: &Path, target: &Path, contents: &[u8]) -> Result<()> {
+fn fill_and_rename(
+    mut file: File,
+    temp: &Path,
+    target: &Path,
+    contents: &[u8],
+    name: &str,
+) -> Result<()> {
     file.write_all(contents).map_err(io_err("writing", temp))?;
     file.sync_all().map_err(io_err("syncing", temp))?;
     drop(file);
+    crate::failpoint::hit("after-temp-write", name);
     fs::rename(temp, target).map_err(io_err("replacing", target))
 }
 

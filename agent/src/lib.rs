@@ -8,6 +8,8 @@
 //! - [`kv`]: reads a secret the way the user wrote its path (KV v2 in either form).
 //! - [`render`]: secret data to file bytes.
 //! - [`template`]: Go text/template templates with consul-template's functions.
+//! - [`metrics`]: counters and gauges, and the opt-in Prometheus endpoint.
+//! - [`failpoint`]: pause points for the fault tests (debug builds only).
 //! - [`files`]: atomic, change-only writes into the secrets directory.
 //! - [`schedule`]: the timing rules (renew, replace, refresh, jitter, backoff).
 //! - [`source`]: distinct sources (path + parameters), their kind and what is held.
@@ -22,9 +24,13 @@ pub mod contract;
 pub mod notify;
 
 #[cfg(feature = "runtime")]
+pub mod failpoint;
+#[cfg(feature = "runtime")]
 pub mod files;
 #[cfg(feature = "runtime")]
 pub mod kv;
+#[cfg(feature = "runtime")]
+pub mod metrics;
 #[cfg(feature = "runtime")]
 pub mod render;
 #[cfg(feature = "runtime")]

@@ -24,7 +24,7 @@
 //! Log events carry `secret.name`, `secret.path`, `file`, `changed`, `lease.id`,
 //! `lease.ttl_secs`, `token.accessor`; never a value, a token or the JWT.
 
-use std::{collections::BTreeMap, future::Future, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, future::Future, path::PathBuf, sync::Arc, time::Duration};
 
 use secrecy::SecretString;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
@@ -32,7 +32,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     contract::config::{AgentConfig, AuthMethod},
-    files, kv, notify, render,
+    failpoint, files, kv,
+    metrics::{self, Metrics},
+    notify, render,
     schedule::{self, Action},
     source::{self, Held, Source},
     state,
@@ -148,8 +150,13 @@ pub enum Error {
         last: Box<Error>,
     },
     /// The init deadline passed while a request was still waiting for Vault.
-    #[error("no answer from Vault at {addr} within the init deadline of {}s ({INIT_DEADLINE_ENV})", deadline.as_secs())]
-    NoAnswer { addr: String, deadline: Duration },
+    #[error("no answer from Vault at {addr} within the init deadline of {}s ({INIT_DEADLINE_ENV}) while {doing}", deadline.as_secs())]
+    NoAnswer {
+        addr: String,
+        deadline: Duration,
+        /// What the agent was waiting for, e.g. `logging in as role "app" at auth/kubernetes`.
+        doing: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -276,6 +283,15 @@ struct Agent {
     templates: Vec<Option<Template>>,
     /// Per secret: template state (rounds of discovery, last outcome).
     template_state: Vec<TemplateState>,
+    metrics: Arc<Metrics>,
+    /// Sources fetched but whose files could not all be written (a full volume, say),
+    /// with when to try again: retried by rendering the held data again, never by
+    /// fetching, which would mint a new credential for a lease.
+    unrendered: BTreeMap<usize, (Instant, Backoff)>,
+    /// What the agent is waiting on Vault for, for the init deadline's message.
+    doing: String,
+    /// Logins have been failing (to warn once per outage, not per attempt).
+    login_failing: bool,
 }
 
 /// Where a template stands.
@@ -294,7 +310,12 @@ struct TemplateState {
 
 impl Agent {
     fn new(config: AgentConfig, notifications: bool) -> Result<Self> {
-        let client = Client::new(&config.vault).map_err(Error::Client)?;
+        let mut client = Client::new(&config.vault).map_err(Error::Client)?;
+        let metrics = Metrics::new();
+        client.set_metrics(metrics.clone());
+        for spec in &config.secrets {
+            metrics.declare(&spec.name, &spec.path);
+        }
         if config.vault.tls_skip_verify {
             warn!(
                 vault.addr = %client.addr(),
@@ -376,7 +397,59 @@ impl Agent {
             lease_revoke_denied: false,
             templates,
             template_state,
+            metrics,
+            unrendered: BTreeMap::new(),
+            doing: String::from("starting"),
+            login_failing: false,
         })
+    }
+
+    /// Calls `f` with the name and path of every secret of source `index`.
+    fn each_secret(&self, index: usize, f: impl Fn(&Metrics, &str, &str)) {
+        for &i in &self.sources[index].secrets {
+            let spec = &self.config.secrets[i];
+            f(&self.metrics, &spec.name, &spec.path);
+        }
+    }
+
+    /// Publishes when the credential held by source `index` expires (leases and
+    /// certificates only).
+    fn note_expiry(&self, index: usize) {
+        if let Some(h) = &self.sources[index].held
+            && h.kind.is_dynamic()
+        {
+            let at = schedule::to_wall(h.expires) as f64 / 1000.0;
+            self.each_secret(index, |m, name, path| m.expires(name, path, at));
+        }
+    }
+
+    /// Renders again the sources whose files could not be written, when due.
+    fn retry_unrendered(&mut self) {
+        let now = Instant::now();
+        let due: Vec<usize> = self
+            .unrendered
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(i, _)| *i)
+            .collect();
+        for index in due {
+            match self.render(index) {
+                Ok(()) => {
+                    self.unrendered.remove(&index);
+                    self.sources[index].failing = false;
+                    self.each_secret(index, Metrics::fresh);
+                    info!(secret.path = %self.sources[index].key.path, "files written again");
+                }
+                Err(e) => {
+                    self.each_secret(index, Metrics::failed);
+                    if let Some((at, backoff)) = self.unrendered.get_mut(&index) {
+                        let wait = backoff.next_wait();
+                        *at = now + wait;
+                        debug!(secret.path = %self.sources[index].key.path, error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "writing failed again; keeping the last good file");
+                    }
+                }
+            }
+        }
     }
 
     /// The refresh interval of secret `i`.
@@ -520,6 +593,7 @@ impl Agent {
                 source,
             }
         })?;
+        self.metrics.rendered(&spec.name, &spec.path);
         let changed = outcome.changed();
         if changed {
             info!(secret.name = %spec.name, secret.path = %spec.path, file = %spec.file, changed, "secret rendered");
@@ -549,6 +623,26 @@ impl Agent {
     /// retired (revoked after a grace period) and every leased credential is re-issued
     /// under the new token, since Vault revokes leases with the token that made them.
     async fn login(&mut self) -> Result<()> {
+        let auth = &self.config.auth;
+        self.doing = format!("logging in as role {:?} at {}", auth.role, auth.mount_path);
+        let result = self.try_login().await;
+        match &result {
+            Ok(()) => {
+                self.login_failing = false;
+                if let Some(t) = &self.token {
+                    self.metrics
+                        .token_expires(schedule::to_wall(t.expires) as f64 / 1000.0);
+                }
+                // Saved before anything is fetched with it: an agent killed from here
+                // on leaves its token to the next process, not behind.
+                self.save_state();
+            }
+            Err(_) => self.metrics.login_failed(),
+        }
+        result
+    }
+
+    async fn try_login(&mut self) -> Result<()> {
         // Re-read at every login: the kubelet rotates the projected token.
         let jwt = self.read_jwt()?;
         let auth = &self.config.auth;
@@ -654,6 +748,7 @@ impl Agent {
         }
 
         self.client.set_token(&record.token);
+        self.doing = String::from("confirming the handed-over token (lookup-self)");
         match self.client.lookup_self().await {
             Ok(info) if info.ttl > 0 || expires > now + Duration::from_secs(86_400) => {}
             // A TLS or configuration problem: the fresh start reports it properly.
@@ -742,6 +837,7 @@ impl Agent {
             s.action = record.action;
             s.due = schedule::from_wall(record.next_ms);
             adopted += 1;
+            self.note_expiry(index);
         }
         info!(
             token.accessor = self.token.as_ref().map_or("", TokenState::accessor),
@@ -814,6 +910,10 @@ impl Agent {
     async fn fetch(&mut self, index: usize) -> Result<()> {
         let key = self.sources[index].key.clone();
         let first = self.sources[index].secrets[0];
+        self.doing = format!(
+            "reading secret {:?} at {}",
+            self.config.secrets[first].name, key.path
+        );
         let result = if key.params.is_empty() {
             self.kv.read_whole(&self.client, &key.path).await
         } else {
@@ -864,6 +964,14 @@ impl Agent {
         let old = s.held.replace(held);
         s.action = action;
         s.due = due;
+        if old.as_ref().is_some_and(|h| h.kind.is_dynamic()) {
+            self.each_secret(index, Metrics::reissued);
+        }
+        self.note_expiry(index);
+        // The new credential goes into the state before any file: an agent killed
+        // while writing leaves it to the next process to adopt, not to mint again.
+        self.save_state();
+        failpoint::hit("after-fetch", &self.config.secrets[first].file);
 
         // A replaced lease of the current token is revoked once the app has switched;
         // one of an older token goes with that token.
@@ -892,20 +1000,27 @@ impl Agent {
         };
         let secrets = s.secrets.clone();
         let data = held.format_data().into_owned();
+        // One file failing (a full volume, a missing key) does not keep the others of
+        // the source from being written; the first failure is returned.
+        let mut first_error = None;
         for i in secrets {
-            if self.templates[i].is_some() {
+            let result = if self.templates[i].is_some() {
                 // A failing template keeps its file and never causes a re-fetch.
-                self.render_template(i)?;
-                continue;
+                self.render_template(i)
+            } else {
+                let spec = &self.config.secrets[i];
+                render::render(&spec.format, &data)
+                    .map_err(|source| Error::Render {
+                        name: spec.name.clone(),
+                        source,
+                    })
+                    .and_then(|bytes| self.write_file(i, &bytes))
+            };
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
             }
-            let spec = &self.config.secrets[i];
-            let bytes = render::render(&spec.format, &data).map_err(|source| Error::Render {
-                name: spec.name.clone(),
-                source,
-            })?;
-            self.write_file(i, &bytes)?;
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Renews the lease of source `index` in place.
@@ -938,6 +1053,8 @@ impl Agent {
                 s.action = action;
                 s.due = due;
                 s.backoff.reset();
+                self.each_secret(index, Metrics::renewed);
+                self.note_expiry(index);
             }
             Err(e) if e.is_transient() => {
                 let wait = s.backoff.next_wait();
@@ -1036,7 +1153,10 @@ impl Agent {
                 if let Err(e) = self.login().await {
                     let wait = self.login_backoff.next_wait();
                     let level_error = self.token.is_none();
-                    if level_error {
+                    // Once per outage at warn/error; every retry at debug.
+                    if std::mem::replace(&mut self.login_failing, true) {
+                        debug!(error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "cannot log in to Vault (still)");
+                    } else if level_error {
                         error!(error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "cannot log in to Vault");
                     } else {
                         warn!(error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "cannot log in to Vault; the current token stays in use");
@@ -1054,6 +1174,7 @@ impl Agent {
         if let Err(e) = self.discover() {
             warn!(error = %error_chain(&e), "rendering a template failed");
         }
+        self.retry_unrendered();
 
         for index in 0..self.sources.len() {
             if self.sources[index].due > Instant::now() {
@@ -1067,6 +1188,8 @@ impl Agent {
             }
             match self.fetch(index).await {
                 Ok(()) => {
+                    self.unrendered.remove(&index);
+                    self.each_secret(index, Metrics::fresh);
                     let s = &mut self.sources[index];
                     if s.failing {
                         info!(secret.path = %s.key.path, "secret readable again");
@@ -1074,7 +1197,24 @@ impl Agent {
                     s.failing = false;
                     s.backoff.reset();
                 }
+                Err(e @ (Error::Write { .. } | Error::Render { .. })) => {
+                    // Fetched, but a file could not be written: keep the credential and
+                    // its schedule, and retry the writing alone.
+                    self.each_secret(index, Metrics::failed);
+                    let mut backoff = Backoff::new();
+                    let wait = backoff.next_wait();
+                    self.unrendered
+                        .insert(index, (Instant::now() + wait, backoff));
+                    let s = &mut self.sources[index];
+                    if s.failing {
+                        debug!(secret.path = %s.key.path, error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "writing failed again; keeping the last good file");
+                    } else {
+                        warn!(secret.path = %s.key.path, error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "writing failed; keeping the last good file");
+                    }
+                    s.failing = true;
+                }
                 Err(e) => {
+                    self.each_secret(index, Metrics::failed);
                     let forbidden = matches!(e, Error::Forbidden { .. });
                     if forbidden && self.token_gone_after_forbidden().await {
                         self.sources[index].due = Instant::now();
@@ -1093,7 +1233,13 @@ impl Agent {
                     } else {
                         "refresh failed; keeping the last good file"
                     };
-                    warn!(secret.path = %s.key.path, error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "{message}");
+                    // Once per state change at warn (recovery is logged at info); every
+                    // retry at debug, with the same fields.
+                    if s.failing {
+                        debug!(secret.path = %s.key.path, error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, still = true, "{message}");
+                    } else {
+                        warn!(secret.path = %s.key.path, error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "{message}");
+                    }
                     s.failing = true;
                     s.due = Instant::now() + wait;
                 }
@@ -1107,6 +1253,7 @@ impl Agent {
             self.token.as_ref().map(|t| t.due),
             self.login_retry_at,
             self.sources.iter().map(|s| s.due).min(),
+            self.unrendered.values().map(|(at, _)| *at).min(),
             self.retiring.iter().map(|r| r.revoke_at).min(),
             self.revocations.iter().map(|r| r.at).min(),
         ]
@@ -1253,6 +1400,7 @@ pub async fn init(config: AgentConfig, deadline: Duration) -> Result<()> {
                 break Err(Error::NoAnswer {
                     addr: agent.client.addr().to_owned(),
                     deadline,
+                    doing: agent.doing.clone(),
                 });
             }
         };
@@ -1279,8 +1427,12 @@ pub async fn init(config: AgentConfig, deadline: Duration) -> Result<()> {
         }
         Err(e) => {
             // Nobody will adopt what this run created: take it back.
-            if !adopted && agent.token.is_some() {
-                agent.revoke_all().await;
+            if !adopted
+                && agent.token.is_some()
+                && agent.revoke_all().await
+                && let Err(e) = state::remove(&agent.state_dir)
+            {
+                warn!(error = %e, "could not remove the state file");
             }
             Err(e)
         }
@@ -1309,7 +1461,7 @@ async fn init_round(agent: &mut Agent) -> Result<()> {
 /// token. Returns `Ok` on shutdown; failures while running are logged and retried,
 /// never fatal, so the app keeps its last good files.
 pub async fn sidecar(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let mut agent = Agent::new(config, true)?;
+    let agent = Agent::new(config, true)?;
     info!(
         vault.addr = %agent.client.addr(),
         auth.role = %agent.config.auth.role,
@@ -1317,7 +1469,28 @@ pub async fn sidecar(config: AgentConfig, shutdown: impl Future<Output = ()>) ->
         sources = agent.sources.len(),
         "keeping secrets fresh"
     );
+    // Opt-in; a port that cannot be bound costs the metrics, never the secrets.
+    let metrics_server = match agent.config.metrics_port {
+        Some(port) => match metrics::bind(port).await {
+            Ok(listener) => Some(tokio::spawn(metrics::serve(
+                listener,
+                agent.metrics.clone(),
+            ))),
+            Err(e) => {
+                warn!(metrics.port = port, error = %e, "cannot serve metrics; carrying on without them");
+                None
+            }
+        },
+        None => None,
+    };
+    let result = keep_fresh(agent, shutdown).await;
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
+    result
+}
 
+async fn keep_fresh(mut agent: Agent, shutdown: impl Future<Output = ()>) -> Result<()> {
     tokio::pin!(shutdown);
     tokio::select! {
         () = &mut shutdown => return finish(agent).await,

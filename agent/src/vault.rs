@@ -208,6 +208,8 @@ pub struct Client {
     addr: String,
     namespace: Option<HeaderValue>,
     token: Option<HeaderValue>,
+    /// Counts every request by outcome, when set.
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl fmt::Debug for Client {
@@ -292,7 +294,13 @@ impl Client {
             addr,
             namespace,
             token: None,
+            metrics: None,
         })
+    }
+
+    /// Counts every following request in `metrics`.
+    pub fn set_metrics(&mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) {
+        self.metrics = Some(metrics);
     }
 
     /// The configured address, for log fields.
@@ -553,7 +561,11 @@ impl Client {
         } else {
             None
         };
-        self.call_as(method, path, body, token).await
+        let result = self.call_as(method, path, body, token).await;
+        if let Some(m) = &self.metrics {
+            m.request(&result);
+        }
+        result
     }
 
     async fn call_as(

@@ -55,6 +55,10 @@ pub struct AgentConfig {
     /// app can drain while its database login still works.
     #[serde(default)]
     pub revoke_delay_secs: u64,
+    /// Port of the sidecar's Prometheus endpoint on all addresses
+    /// (`sidekey.dev/metrics-port`); `None`: no listener. See docs/metrics.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_port: Option<u16>,
     pub secrets: Vec<SecretSpec>,
 }
 
@@ -266,6 +270,7 @@ impl AgentConfig {
             state_dir: layout::STATE_MOUNT_PATH.to_owned(),
             refresh_secs: DEFAULT_REFRESH_SECS,
             revoke_delay_secs: 0,
+            metrics_port: None,
             secrets: Vec::new(),
         }
     }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
@@ -52,6 +54,21 @@ pub fn fake_token_review() -> u16 {
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let _ = answer_token_review(stream);
+        }
+    });
+    port
+}
+
+/// A fake TokenReview endpoint like [`fake_token_review`] that answers only while `up`
+/// is true; otherwise it drops every connection, as an unreachable API server would.
+pub fn switchable_token_review(up: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            if up.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = answer_token_review(stream);
+            }
         }
     });
     port
@@ -233,6 +250,16 @@ impl Bao {
             "policies=agent",
         ]);
         bao
+    }
+
+    /// Points the Kubernetes auth method at the TokenReview endpoint on `port`.
+    pub fn use_token_review(&self, port: u16) {
+        self.ok(&[
+            "write",
+            "auth/kubernetes/config",
+            &format!("kubernetes_host=http://127.0.0.1:{port}"),
+            &format!("kubernetes_ca_cert=@{}", self.ca_path().display()),
+        ]);
     }
 
     pub fn ca_path(&self) -> PathBuf {
