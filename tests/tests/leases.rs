@@ -91,7 +91,16 @@ fn secrets_of(stack: &Stack, pod: &AgentPod, kv_versions: &[Value]) -> Secrets {
         s.add_all_values("a KV value", v);
     }
     ok(s.add_files("a rendered credential", &ok(pod.secrets_dir())));
-    ok(s.add_files("the agent's state", &ok(pod.state_dir())));
+    let state = ok(pod.state_dir());
+    ok(s.add_files("the agent's state", &state));
+    // The hand-off file (agent/src/state.rs) holds the agent's Vault token: make sure
+    // the check really has it, not only whatever the generic walk found.
+    let handed = std::fs::read(state.join("state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    if let Some(token) = handed.as_ref().and_then(|v| v["token"]["token"].as_str()) {
+        s.add("the agent's Vault token", token);
+    }
     let token = pod
         .run
         .volume_path(layout::TOKEN_VOLUME)
@@ -108,6 +117,39 @@ fn secrets_of(stack: &Stack, pod: &AgentPod, kv_versions: &[Value]) -> Secrets {
 fn assert_no_leak(secrets: &Secrets, pod: &AgentPod, stack: &Stack) {
     ok(secrets.check("the agent's output", &pod.all_output()));
     ok(secrets.check("the webhook's output", &stack.webhook.logs()));
+}
+
+/// How long OpenBao may take to drop the database roles of a revoked token: revoking a
+/// token marks its leases expired and the expiration manager revokes them right after,
+/// in the background.
+const LEASE_REVOCATION_LAG: Duration = Duration::from_secs(3);
+
+/// Waits (bounded) until the role has no lease in OpenBao and no user in PostgreSQL;
+/// returns how long that took.
+fn nothing_left(db: &sidekey_tests::database::DbRole, output: &str) -> Duration {
+    let start = Instant::now();
+    let result = sidekey_tests::process::wait_for(
+        "no lease and no PostgreSQL role left",
+        LEASE_REVOCATION_LAG,
+        || {
+            let leases = db.leases().ok()?;
+            let roles = db.pg_roles().ok()?;
+            (leases.is_empty() && roles.is_empty()).then_some(())
+        },
+    );
+    if let Err(e) = result {
+        panic!(
+            "{e}: leases {:?}, roles {:?}\n{output}",
+            db.leases(),
+            db.pg_roles()
+        );
+    }
+    let took = start.elapsed();
+    eprintln!(
+        "{}: nothing left {took:?} after the sidecar exited",
+        db.name
+    );
+    took
 }
 
 /// File identity and modification time: unchanged means not rewritten.
@@ -185,16 +227,7 @@ fn init_and_sidecar_share_one_login_and_one_database_credential_across_a_crash()
     let secrets = secrets_of(stack, &pod, std::slice::from_ref(&tenant.kv_data));
     let (done, _) = ok(pod.terminate_sidecar(TERM_GRACE));
     assert_eq!(done.code(), Some(0), "{}", done.logs());
-    assert_eq!(
-        ok(db.leases()),
-        Vec::<String>::new(),
-        "leases left after SIGTERM"
-    );
-    assert_eq!(
-        ok(db.pg_roles()),
-        Vec::<String>::new(),
-        "roles left after SIGTERM"
-    );
+    nothing_left(db, &pod.all_output());
     assert_no_leak(&secrets, &pod, stack);
 }
 
@@ -370,7 +403,7 @@ fn database_credentials_are_renewed_and_replaced_before_max_ttl_while_a_client_k
                 panic!("role {old} still exists after its replacement\n{context}")
             });
             assert!(
-                gone - replaced_at <= 6.0,
+                gone - replaced_at <= 5.0,
                 "role {old} outlived its replacement by {:.1}s\n{context}",
                 gone - replaced_at
             );
@@ -387,6 +420,24 @@ fn database_credentials_are_renewed_and_replaced_before_max_ttl_while_a_client_k
         delays.extend(d);
     }
     let mine = agent_requests(&trail, &tenant);
+    // The old credentials were revoked by the agents (the policy allows it), not
+    // left to expire: one successful revocation per replacement at least.
+    let accessors = trail.login_accessors(AUTH_MOUNT, &tenant.auth_role);
+    let revoked = trail
+        .responses_to(&accessors)
+        .iter()
+        .filter(|e| {
+            e.path
+                .starts_with(&format!("sys/leases/revoke/{}/", db.creds_path()))
+        })
+        .filter(|e| e.error.is_none())
+        .count();
+    let replacements: usize = reports.iter().map(|r| r.users.len() - 1).sum();
+    assert!(
+        revoked >= replacements,
+        "{revoked} successful lease revocations for {replacements} replacements:\n{}",
+        audit::summary(&refs(&mine))
+    );
     let renews = audit::count(&refs(&mine), "sys/leases/renew", None);
     assert!(
         renews >= 2,
@@ -423,11 +474,8 @@ fn database_credentials_are_renewed_and_replaced_before_max_ttl_while_a_client_k
         assert_eq!(done.code(), Some(0), "{}", done.logs());
         assert_no_leak(s, pod, stack);
     }
-    assert_eq!(
-        ok(db.pg_roles()),
-        Vec::<String>::new(),
-        "roles left after SIGTERM"
-    );
+    let outputs: String = pods.iter().map(AgentPod::all_output).collect();
+    nothing_left(db, &outputs);
 }
 
 #[test]
@@ -531,28 +579,21 @@ fn sigterm_waits_the_revoke_delay_then_leaves_no_lease_and_no_role() {
     let (last_seen, gone) = watch;
     let out = format!("{}{}", done.stdout, done.stderr);
     assert_eq!(done.code(), Some(0), "{}", done.logs());
+    // Polls can be late, not early: the first poll that finds the role gone bounds
+    // the drop from above, so a drop before the delay shows as `gone` < 2 s.
     assert!(
-        last_seen.is_some_and(|t| t >= Duration::from_millis(1500)),
-        "the role was last seen {last_seen:?} after SIGTERM, before the 2s revoke delay\n{out}"
+        gone.is_some_and(|g| g >= Duration::from_millis(1900)),
+        "the role was gone {gone:?} after SIGTERM (last seen {last_seen:?}), before the 2s revoke delay\n{out}"
     );
     assert!(
-        gone.is_some_and(|g| g <= took + Duration::from_millis(500)),
+        gone.is_some_and(|g| g <= took + LEASE_REVOCATION_LAG),
         "the role was gone at {gone:?}, the sidecar exited after {took:?}\n{out}"
     );
     assert!(
         took >= Duration::from_millis(1900),
         "exited after {took:?}, before the revoke delay\n{out}"
     );
-    assert_eq!(
-        ok(db.leases()),
-        Vec::<String>::new(),
-        "leases left after SIGTERM"
-    );
-    assert_eq!(
-        ok(db.pg_roles()),
-        Vec::<String>::new(),
-        "roles left after SIGTERM"
-    );
+    nothing_left(db, &pod.all_output());
     eprintln!("role last seen {last_seen:?}, gone at {gone:?}, sidecar exited after {took:?}");
     assert_no_leak(&secrets, &pod, stack);
 }
@@ -693,11 +734,7 @@ fn token_max_ttl_leads_to_a_new_login_and_new_credentials_before_the_old_ones_di
     }
     let (done, _) = ok(pod.terminate_sidecar(TERM_GRACE));
     assert_eq!(done.code(), Some(0), "{}", done.logs());
-    assert_eq!(
-        ok(db.pg_roles()),
-        Vec::<String>::new(),
-        "roles left after SIGTERM"
-    );
+    nothing_left(db, &pod.all_output());
     assert_no_leak(&secrets, &pod, stack);
 }
 
@@ -724,15 +761,6 @@ fn native_sidecar_passes_its_startup_probe_renders_and_revokes_on_sigterm() {
     let secrets = secrets_of(stack, &pod, std::slice::from_ref(&tenant.kv_data));
     let (done, _) = ok(pod.terminate_sidecar(TERM_GRACE));
     assert_eq!(done.code(), Some(0), "{}", done.logs());
-    assert_eq!(
-        ok(db.leases()),
-        Vec::<String>::new(),
-        "leases left after SIGTERM"
-    );
-    assert_eq!(
-        ok(db.pg_roles()),
-        Vec::<String>::new(),
-        "roles left after SIGTERM"
-    );
+    nothing_left(db, &pod.all_output());
     assert_no_leak(&secrets, &pod, stack);
 }
