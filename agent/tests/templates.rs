@@ -500,3 +500,67 @@ fn a_failing_template_keeps_the_file_and_names_template_path_and_key() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "last good\n");
     psql(&format!("DROP ROLE IF EXISTS {login}"));
 }
+
+#[test]
+fn in_the_sidecar_a_failing_template_keeps_its_file_and_fetches_nothing_again() {
+    let bao = Bao::start();
+    let work = tempfile::tempdir().unwrap();
+    let login = setup(&bao, work.path());
+    bao.ok(&["kv", "put", "secret/flags", "user=app", "flag=on"]);
+    let pod: BTreeMap<String, String> = [
+        ("sidekey.dev/inject", "true"),
+        ("sidekey.dev/role", "tmpl"),
+        ("sidekey.dev/refresh", "1s"),
+        (
+            "sidekey.dev/template-user",
+            "{{ with secret \"secret/flags\" }}{{ .Data.data.user }}{{ end }}",
+        ),
+        (
+            "sidekey.dev/template-flag",
+            "{{ with secret \"secret/data/flags\" }}{{ .Data.data.flag }}{{ end }}",
+        ),
+        (
+            "sidekey.dev/template-db",
+            "{{ with secret \"database/creds/app\" }}{{ .Data.username }}{{ end }}",
+        ),
+        ("sidekey.dev/secret-db-json", "database/creds/app"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let config = sidekey_config(&bao, work.path(), &pod);
+    let dir = PathBuf::from(&config.secrets_dir);
+    let sidecar = Running::spawn(agent("sidecar", &config));
+    let ready = wait_for(Duration::from_secs(20), || {
+        ["user", "flag", "db", "db-json"]
+            .iter()
+            .all(|f| dir.join(f).exists())
+    });
+    assert!(ready, "not rendered");
+    assert_eq!(read(&dir, "flag"), "on");
+    let user = read(&dir, "db");
+    assert!(
+        read(&dir, "db-json").contains(&user),
+        "one credential for both"
+    );
+
+    // The flag disappears: its template fails, the other one follows the change.
+    bao.ok(&["kv", "put", "secret/flags", "user=changed"]);
+    let followed = wait_for(Duration::from_secs(10), || read(&dir, "user") == "changed");
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, _, log) = sidecar.terminate(Duration::from_secs(10));
+    assert!(followed, "{log}");
+    assert_eq!(read(&dir, "flag"), "on", "the last good file stays");
+    assert!(
+        log.contains("template failed; keeping the last good file"),
+        "{log}"
+    );
+    assert!(log.contains("flag"), "{log}");
+    assert_eq!(read(&dir, "db"), user);
+    assert_eq!(
+        count_requests(&bao, "database/creds/app"),
+        1,
+        "a failing template fetches nothing again"
+    );
+    psql(&format!("DROP ROLE IF EXISTS {login}"));
+}
