@@ -1116,14 +1116,33 @@ impl Agent {
         }
     }
 
+    /// Forgets a token that is gone (revoked or expired). Vault revoked the leases it
+    /// created with it, so those credentials are re-issued as soon as a new login
+    /// succeeds; nothing else is fetched again.
+    fn token_lost(&mut self) {
+        let Some(lost) = self.token.take() else {
+            return;
+        };
+        self.client.clear_token();
+        let now = Instant::now();
+        for s in &mut self.sources {
+            let dead = s.held.as_ref().is_some_and(|h| {
+                h.kind.is_dynamic() && !h.lease_id.is_empty() && h.token_accessor == lost.accessor
+            });
+            if dead {
+                s.action = Action::Reissue;
+                s.due = now;
+            }
+        }
+    }
+
     /// After a 403: is the token itself gone? Then forget it, so the next step logs in
     /// again. Returns whether it was gone.
     async fn token_gone_after_forbidden(&mut self) -> bool {
         match self.client.lookup_self().await {
             Err(vault::Error::Forbidden { .. }) => {
                 warn!("the Vault token is no longer valid; logging in again");
-                self.token = None;
-                self.client.clear_token();
+                self.token_lost();
                 true
             }
             _ => false,
@@ -1139,8 +1158,7 @@ impl Agent {
             && t.expires <= now
         {
             warn!(token.accessor = t.accessor(), "the Vault token expired");
-            self.token = None;
-            self.client.clear_token();
+            self.token_lost();
         }
         let token_due = self.token.as_ref().is_none_or(|t| t.due <= now);
         let may_login = self.login_retry_at.is_none_or(|at| at <= now);

@@ -63,6 +63,9 @@ pub enum Error {
         path: String,
         addr: String,
     },
+    /// The TCP connection and TLS handshake took longer than [`CONNECT_TIMEOUT`].
+    #[error("connecting to Vault at {addr} (TCP and TLS) timed out after {}s", CONNECT_TIMEOUT.as_secs())]
+    ConnectTimeout { addr: String },
     /// Vault answered 403: the token may not do this, or the token is gone.
     #[error("permission denied (403) on {path}{}", errors_suffix(errors))]
     Forbidden { path: String, errors: Vec<String> },
@@ -109,7 +112,7 @@ impl Error {
     /// limiting. Configuration, TLS and permission problems are not.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Transport { .. } | Error::Timeout { .. } => true,
+            Error::Transport { .. } | Error::Timeout { .. } | Error::ConnectTimeout { .. } => true,
             Error::Server { status, .. } => *status >= 500 || *status == 429 || *status == 412,
             _ => false,
         }
@@ -646,6 +649,9 @@ impl Client {
         let addr = self.addr.clone();
         if let Some(reason) = tls_reason(err) {
             return Error::Tls { addr, reason };
+        }
+        if err.is_timeout() && err.is_connect() {
+            return Error::ConnectTimeout { addr };
         }
         if err.is_timeout() {
             return Error::Timeout {
