@@ -494,7 +494,12 @@ fn build_patch(
 
     let config_json = plan.config.to_json();
     let agent = |name: &str, args: &str| {
-        agent_container(name, args, &config_json, &plan.placement, pod, settings)
+        let mut c = agent_container(name, args, &config_json, &plan.placement, pod, settings);
+        // Only the long-running agent serves metrics (`metrics-port`).
+        if let (Some(port), "sidecar") = (plan.config.metrics_port, args) {
+            c["ports"] = json!([{ "name": "metrics", "containerPort": port, "protocol": "TCP" }]);
+        }
+        c
     };
     let init = match plan.mode {
         AgentMode::NativeSidecar => {
@@ -821,6 +826,33 @@ mod tests {
             .as_array()
             .and_then(|l| l.iter().find(|e| e["name"] == name))
             .unwrap_or_else(|| panic!("no env {name}"))
+    }
+
+    #[test]
+    fn a_metrics_port_becomes_a_named_container_port_of_the_sidecar_only() {
+        let pod = annotated(&[("metrics-port", "9102")]);
+        for settings in [settings(), classic()] {
+            let out = patched_with(&pod, &settings);
+            let sidecar = ["initContainers", "containers"]
+                .iter()
+                .filter_map(|list| out["spec"][list].as_array())
+                .flatten()
+                .find(|c| c["name"] == layout::SIDECAR_CONTAINER)
+                .unwrap();
+            assert_eq!(
+                sidecar["ports"],
+                json!([{ "name": "metrics", "containerPort": 9102, "protocol": "TCP" }])
+            );
+            assert_eq!(config_of(sidecar).metrics_port, Some(9102));
+            let init = out["spec"]["initContainers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == layout::INIT_CONTAINER);
+            assert!(init.is_none_or(|c| c.get("ports").is_none()));
+        }
+        let plain = patched(&annotated(&[]));
+        assert!(plain.to_string().find("containerPort").is_none());
     }
 
     #[test]

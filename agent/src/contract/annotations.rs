@@ -65,6 +65,10 @@ pub const AGENT_MEMORY_REQUEST: &str = "agent-memory-request";
 pub const AGENT_MEMORY_LIMIT: &str = "agent-memory-limit";
 pub const RUN_AS_USER: &str = "run-as-user";
 pub const RUN_AS_GROUP: &str = "run-as-group";
+/// Port of the sidecar's Prometheus endpoint; absent: no listener.
+pub const METRICS_PORT: &str = "metrics-port";
+/// Lowest `metrics-port`: the agent runs as non-root without capabilities.
+pub const MIN_METRICS_PORT: u16 = 1024;
 
 /// Shortest refresh interval accepted: anything faster only loads Vault.
 pub const MIN_REFRESH_SECS: u64 = 1;
@@ -426,6 +430,18 @@ pub const TABLE: &[Annotation] = &[
         meaning: "Primary group id of the agent containers (and so of the rendered \
                   files), e.g. to use modes such as `0440` with a shared group.",
     },
+    Annotation {
+        key: METRICS_PORT,
+        group: Group::AgentContainer,
+        per_secret: false,
+        default: "none: no metrics listener",
+        allowed: "a port from 1024 to 65535 that no container of the pod uses",
+        meaning: "Serve Prometheus metrics (render times, staleness, errors, expiry, \
+                  renewals, Vault requests) on this port of the pod IP, from the sidecar; \
+                  the container gets a `containerPort` named `metrics`. No secret is in \
+                  them, but anyone who can reach the pod IP can read them. Ignored with \
+                  `init-only`. See docs/metrics.md.",
+    },
 ];
 
 /// Settings of the webhook that every injected agent inherits.
@@ -621,6 +637,7 @@ fn parse_own(
     let mut tls_skip_verify = false;
     let mut refresh_secs = config::DEFAULT_REFRESH_SECS;
     let mut revoke_delay_secs = 0;
+    let mut metrics_port = None;
     let mut secrets: BTreeMap<String, String> = BTreeMap::new();
     let mut templates: BTreeMap<String, String> = BTreeMap::new();
     let mut options: BTreeMap<String, SecretOptions> = BTreeMap::new();
@@ -775,6 +792,20 @@ fn parse_own(
             }
             RUN_AS_USER => placement.run_as_user = Some(parse_id(key, value, 1)?),
             RUN_AS_GROUP => placement.run_as_group = Some(parse_id(key, value, 0)?),
+            METRICS_PORT => {
+                let port = value
+                    .trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p >= MIN_METRICS_PORT)
+                    .ok_or_else(|| {
+                        err(
+                            key,
+                            format!("{value:?} is not a port from {MIN_METRICS_PORT} to 65535"),
+                        )
+                    })?;
+                metrics_port = Some(port);
+            }
             _ => return Err(unknown(key)),
         }
     }
@@ -855,6 +886,7 @@ fn parse_own(
     config.secrets_dir.clone_from(&placement.mount_path);
     config.refresh_secs = refresh_secs;
     config.revoke_delay_secs = revoke_delay_secs;
+    config.metrics_port = metrics_port;
 
     // Which annotation chose each file, to name it when two collide.
     let mut file_keys: BTreeMap<String, String> = BTreeMap::new();
@@ -1660,6 +1692,33 @@ mod tests {
                 e.to_string().starts_with(&format!("annotation {key:?}")),
                 "{e}"
             );
+        }
+    }
+
+    #[test]
+    fn metrics_port_is_opt_in_and_above_the_privileged_range() {
+        let base = [
+            ("sidekey.dev/role", "app"),
+            ("sidekey.dev/secret-db", "secret/data/db"),
+        ];
+        let parse = |extra: &[(&str, &str)]| {
+            let map: BTreeMap<String, String> = base
+                .iter()
+                .chain(extra)
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            agent_config(&map, &Defaults::default())
+        };
+        assert_eq!(parse(&[]).unwrap().metrics_port, None);
+        assert_eq!(
+            parse(&[("sidekey.dev/metrics-port", "9102")])
+                .unwrap()
+                .metrics_port,
+            Some(9102)
+        );
+        for bad in ["80", "0", "65536", "http", ""] {
+            let e = parse(&[("sidekey.dev/metrics-port", bad)]).unwrap_err();
+            assert!(e.to_string().contains("metrics-port"), "{e}");
         }
     }
 
