@@ -76,6 +76,14 @@ pub const MIN_REFRESH_SECS: u64 = 1;
 pub const MAX_REFRESH_SECS: u64 = 7 * 24 * 3600;
 /// Longest revoke delay accepted; the pod's `terminationGracePeriodSeconds` must cover it.
 pub const MAX_REVOKE_DELAY_SECS: u64 = 3600;
+/// Most secrets (`secret-<name>` and `template-<name>` files) one pod may declare:
+/// each is a file, a Vault source and a few hundred bytes of the agent's configuration.
+pub const MAX_SECRETS: usize = 512;
+/// Largest agent configuration accepted, in bytes of JSON. It travels in one
+/// environment variable, and Linux refuses to start a program with an environment
+/// string of 128 KiB or more (`MAX_ARG_STRLEN`), so the agent would never start; the
+/// limit leaves room for the variable's name.
+pub const MAX_CONFIG_BYTES: usize = 120 * 1024;
 
 /// Default auth mount path when `auth-path` is not set and the method is Kubernetes.
 pub const DEFAULT_AUTH_PATH: &str = "auth/kubernetes";
@@ -941,7 +949,37 @@ fn parse_own(
             ),
         ));
     }
+    check_size(&config)?;
     Ok((config, placement))
+}
+
+/// Refuses more than [`MAX_SECRETS`] secrets and a configuration too large for the
+/// environment variable that carries it.
+fn check_size(config: &AgentConfig) -> Result<(), AnnotationError> {
+    let key = format!("{SECRET_PREFIX}<name>");
+    if config.secrets.len() > MAX_SECRETS {
+        return Err(err(
+            &key,
+            format!(
+                "the pod declares {} secrets and templates, more than the {MAX_SECRETS} one \
+                 pod may have: group them (a template can read several secrets into one file) \
+                 or split the workload",
+                config.secrets.len()
+            ),
+        ));
+    }
+    let bytes = config.to_json().len();
+    if bytes > MAX_CONFIG_BYTES {
+        return Err(err(
+            &key,
+            format!(
+                "the agent configuration these annotations make is {bytes} bytes, more than \
+                 the {MAX_CONFIG_BYTES} its environment variable can carry: use fewer or \
+                 shorter secrets and templates"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Applies defaults to the resource annotations and checks requests against limits.
@@ -2264,5 +2302,67 @@ mod tests {
             opted_in(&bad, &none).unwrap_err().key,
             "vault.hashicorp.com/agent-inject"
         );
+    }
+
+    fn secrets(n: usize) -> BTreeMap<String, String> {
+        let mut m = map(&[("sidekey.dev/role", "app")]);
+        for i in 0..n {
+            m.insert(
+                format!("sidekey.dev/secret-s{i}"),
+                format!("secret/data/s{i}"),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn a_pod_has_at_most_max_secrets_and_more_are_denied_by_count() {
+        let config = parse(&secrets(MAX_SECRETS), &defaults()).expect("the maximum");
+        assert_eq!(config.0.secrets.len(), MAX_SECRETS);
+        for n in [MAX_SECRETS + 1, 2000] {
+            let e = parse(&secrets(n), &defaults()).expect_err("too many");
+            assert_eq!(e.key, "sidekey.dev/secret-<name>");
+            assert!(e.problem.contains(&format!("declares {n} secrets")), "{e}");
+            assert!(e.problem.contains(&MAX_SECRETS.to_string()), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_configuration_too_large_for_its_environment_variable_is_denied() {
+        // Four templates at the 64 KiB limit each: every value is acceptable, the
+        // whole is not.
+        let big = format!("{{{{/* {} */}}}}", "x".repeat(64 * 1024 - 10));
+        let mut m = map(&[("sidekey.dev/role", "app")]);
+        for i in 0..4 {
+            m.insert(format!("sidekey.dev/template-t{i}"), big.clone());
+        }
+        let e = parse(&m, &defaults()).expect_err("too large");
+        assert_eq!(e.key, "sidekey.dev/secret-<name>");
+        assert!(e.problem.contains("environment variable"), "{e}");
+        assert!(!e.problem.contains("xxxx"), "the message quotes no value");
+        // One fits; two do not (128 KiB of templates alone).
+        for i in 1..4 {
+            m.remove(&format!("sidekey.dev/template-t{i}"));
+        }
+        let (config, _) = parse(&m, &defaults()).expect("one fits");
+        assert!(config.to_json().len() <= MAX_CONFIG_BYTES);
+    }
+
+    #[test]
+    fn the_config_size_limit_is_one_the_kernel_starts_a_program_with() {
+        // The agent reads its configuration from one environment variable; Linux
+        // refuses an environment string of 128 KiB (MAX_ARG_STRLEN) with E2BIG.
+        let at_limit = "x".repeat(MAX_CONFIG_BYTES);
+        let status = std::process::Command::new("true")
+            .env(config::CONFIG_ENV, &at_limit)
+            .status()
+            .expect("a program starts with the largest accepted configuration");
+        assert!(status.success());
+        let over = "x".repeat(128 * 1024);
+        let refused = std::process::Command::new("true")
+            .env(config::CONFIG_ENV, &over)
+            .status()
+            .expect_err("the kernel refuses 128 KiB");
+        assert_eq!(refused.raw_os_error(), Some(7), "E2BIG: {refused}");
     }
 }
