@@ -43,6 +43,10 @@ fn stack() -> &'static Stack {
     Stack::shared()
 }
 
+/// The agent's hand-off file in its state directory (agent/src/state.rs), which holds
+/// its Vault token.
+const STATE_FILE: &str = "state.json";
+
 /// The layout the lease tests run in: the classic init container plus sidecar, which
 /// also exercises the init-to-sidecar hand-off. The native sidecar (the webhook's
 /// default) has its own test below.
@@ -95,7 +99,7 @@ fn secrets_of(stack: &Stack, pod: &AgentPod, kv_versions: &[Value]) -> Secrets {
     ok(s.add_files("the agent's state", &state));
     // The hand-off file (agent/src/state.rs) holds the agent's Vault token: make sure
     // the check really has it, not only whatever the generic walk found.
-    let handed = std::fs::read(state.join("state.json"))
+    let handed = std::fs::read(state.join(STATE_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
     if let Some(token) = handed.as_ref().and_then(|v| v["token"]["token"].as_str()) {
@@ -242,14 +246,30 @@ struct ClientReport {
     users: Vec<(String, f64, Option<f64>)>,
     /// Every password used, for the leak check.
     passwords: Vec<SecretString>,
+    /// Every Vault token seen in the agent's state file, for the leak check.
+    tokens: Vec<SecretString>,
+}
+
+impl ClientReport {
+    /// Adds the passwords and tokens seen to `secrets`.
+    fn add_to(&self, secrets: &mut Secrets) {
+        use secrecy::ExposeSecret;
+        for p in &self.passwords {
+            secrets.add("a database password", p.expose_secret());
+        }
+        for t in &self.tokens {
+            secrets.add("a Vault token of the agent", t.expose_secret());
+        }
+    }
 }
 
 /// A client that, every `period` for `how_long`, reads `file` and logs in with what
 /// it holds, as an app reconnecting with its current credentials does. A login that
 /// fails because the file changed in between is retried once with the new content
 /// (the client was not using the current credentials); any other failure counts. It
-/// also notes when each replaced user's role disappears from PostgreSQL.
-fn client_loop(file: &Path, period: Duration, how_long: Duration) -> ClientReport {
+/// also notes when each replaced user's role disappears from PostgreSQL, and keeps
+/// every token the agent's `state` file held, for the leak check.
+fn client_loop(file: &Path, state: &Path, period: Duration, how_long: Duration) -> ClientReport {
     let read = || -> std::result::Result<(String, String), String> {
         let bytes = std::fs::read(file).map_err(|e| format!("reading the file: {e}"))?;
         let v: Value =
@@ -288,6 +308,16 @@ fn client_loop(file: &Path, period: Duration, how_long: Duration) -> ClientRepor
                 }
             }
             Err(e) => report.failures.push((t, e)),
+        }
+        let token = std::fs::read(state)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["token"]["token"].as_str().map(str::to_owned));
+        if let Some(t) = token {
+            use secrecy::ExposeSecret;
+            if !report.tokens.iter().any(|x| x.expose_secret() == t) {
+                report.tokens.push(SecretString::from(t));
+            }
         }
         let current = report.users.last().map(|(u, _, _)| u.clone());
         for (u, _, gone) in report.users.iter_mut() {
@@ -352,13 +382,25 @@ fn database_credentials_are_renewed_and_replaced_before_max_ttl_while_a_client_k
 
     let files: Vec<_> = pods
         .iter()
-        .map(|p| ok(p.secrets_dir()).join(DB_FILE))
+        .map(|p| {
+            (
+                ok(p.secrets_dir()).join(DB_FILE),
+                ok(p.state_dir()).join(STATE_FILE),
+            )
+        })
         .collect();
     let reports: Vec<ClientReport> = std::thread::scope(|s| {
         let handles: Vec<_> = files
             .iter()
             .map(|f| {
-                s.spawn(move || client_loop(f, Duration::from_millis(500), Duration::from_secs(35)))
+                s.spawn(move || {
+                    client_loop(
+                        &f.0,
+                        &f.1,
+                        Duration::from_millis(500),
+                        Duration::from_secs(35),
+                    )
+                })
             })
             .collect();
         handles
@@ -461,12 +503,7 @@ fn database_credentials_are_renewed_and_replaced_before_max_ttl_while_a_client_k
     let mut all_secrets = Vec::new();
     for (pod, r) in pods.iter().zip(&reports) {
         let mut s = secrets_of(stack, pod, std::slice::from_ref(&tenant.kv_data));
-        for p in &r.passwords {
-            s.add(
-                "a database password",
-                secrecy::ExposeSecret::expose_secret(p),
-            );
-        }
+        r.add_to(&mut s);
         all_secrets.push(s);
     }
     for (pod, s) in pods.iter_mut().zip(&all_secrets) {
@@ -689,6 +726,7 @@ fn token_max_ttl_leads_to_a_new_login_and_new_credentials_before_the_old_ones_di
     let file = ok(pod.secrets_dir()).join(DB_FILE);
     let report = client_loop(
         &file,
+        &ok(pod.state_dir()).join(STATE_FILE),
         Duration::from_millis(500),
         Duration::from_secs(TOKEN_MAX_TTL + 8),
     );
@@ -726,12 +764,12 @@ fn token_max_ttl_leads_to_a_new_login_and_new_credentials_before_the_old_ones_di
     );
 
     let mut secrets = secrets_of(stack, &pod, std::slice::from_ref(&tenant.kv_data));
-    for p in &report.passwords {
-        secrets.add(
-            "a database password",
-            secrecy::ExposeSecret::expose_secret(p),
-        );
-    }
+    report.add_to(&mut secrets);
+    assert!(
+        report.tokens.len() >= 2,
+        "the state file showed {} tokens across the new login",
+        report.tokens.len()
+    );
     let (done, _) = ok(pod.terminate_sidecar(TERM_GRACE));
     assert_eq!(done.code(), Some(0), "{}", done.logs());
     nothing_left(db, &pod.all_output());
