@@ -8,7 +8,7 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use sidekey_agent::{
-    contract::{config, config::AgentConfig, duration},
+    contract::{config, config::AgentConfig, duration, layout},
     run,
 };
 use tracing::{error, info_span};
@@ -41,6 +41,9 @@ enum Mode {
     Init,
     /// Render, keep secrets fresh, revoke the token on SIGTERM (sidecar).
     Sidecar,
+    /// Exit 0 once every secret has been rendered (`<state_dir>/ready` exists), else 1:
+    /// the native sidecar's startup probe. No network.
+    Probe,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,16 @@ fn main() -> ExitCode {
         }
     };
 
+    if matches!(cli.mode, Mode::Probe) {
+        // Runs every second until it passes: quiet, and only a file check.
+        let ready = layout::ready_path(&config.state_dir);
+        if std::path::Path::new(&ready).exists() {
+            return ExitCode::SUCCESS;
+        }
+        eprintln!("sidekey-agent: not ready yet: {ready} does not exist");
+        return ExitCode::from(1);
+    }
+
     // reqwest is built without a default provider; without this it panics on first use.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
@@ -79,6 +92,8 @@ fn main() -> ExitCode {
 
     let result = runtime.block_on(async {
         match cli.mode {
+            // Answered above, before the runtime starts.
+            Mode::Probe => Ok(()),
             Mode::Init => run::init(config, deadline).await,
             Mode::Sidecar => match run::shutdown_signal() {
                 Ok(shutdown) => run::sidecar(config, shutdown).await,

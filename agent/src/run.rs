@@ -583,6 +583,17 @@ impl Agent {
         Ok(())
     }
 
+    /// Whether every secret has been rendered at least once: every source fetched and
+    /// every template rendered. The readiness marker waits for it.
+    fn all_rendered(&self) -> bool {
+        self.sources.iter().all(|s| s.held.is_some())
+            && self
+                .templates
+                .iter()
+                .zip(&self.template_state)
+                .all(|(t, state)| t.is_none() || state.rendered)
+    }
+
     /// Writes the bytes of secret `i` and notifies the app if they changed.
     fn write_file(&mut self, i: usize, bytes: &[u8]) -> Result<()> {
         let spec = &self.config.secrets[i];
@@ -1436,6 +1447,7 @@ pub async fn init(config: AgentConfig, deadline: Duration) -> Result<()> {
     match result {
         Ok(()) => {
             agent.save_state();
+            mark_ready(&agent.state_dir);
             info!(
                 secrets = agent.config.secrets.len(),
                 token.accessor = agent.token.as_ref().map_or("", TokenState::accessor),
@@ -1514,17 +1526,38 @@ async fn keep_fresh(mut agent: Agent, shutdown: impl Future<Output = ()>) -> Res
         () = &mut shutdown => return finish(agent).await,
         _ = agent.adopt() => {}
     }
+    let mut ready = false;
     loop {
         let wake = tokio::select! {
             () = &mut shutdown => break,
             wake = agent.step() => wake,
         };
+        if !ready && agent.all_rendered() {
+            ready = mark_ready(&agent.state_dir);
+        }
         tokio::select! {
             () = &mut shutdown => break,
             () = sleep_until(wake) => {}
         }
     }
     finish(agent).await
+}
+
+/// Creates the empty marker `<state_dir>/ready` that the native sidecar's startup
+/// probe (`sidekey-agent probe`) waits for; `true` once it exists. Creating an empty
+/// file is atomic: the probe sees it or not, never half of it.
+fn mark_ready(state_dir: &std::path::Path) -> bool {
+    let path = state_dir.join(crate::contract::layout::READY_FILE);
+    match std::fs::File::create(&path) {
+        Ok(_) => {
+            info!("every secret rendered once; ready");
+            true
+        }
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot write the readiness marker; the startup probe will not pass yet");
+            false
+        }
+    }
 }
 
 /// The shutdown sequence: let notifications end, wait the revoke delay, revoke.
