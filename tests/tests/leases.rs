@@ -802,3 +802,72 @@ fn native_sidecar_passes_its_startup_probe_renders_and_revokes_on_sigterm() {
     nothing_left(db, &pod.all_output());
     assert_no_leak(&secrets, &pod, stack);
 }
+
+#[test]
+fn without_the_optional_revoke_grant_a_replaced_credential_expires_on_its_own_with_one_warning() {
+    const MAX_TTL: f64 = 12.0;
+    let stack = stack();
+    let tenant = ok(Tenant::create(
+        &stack.bao,
+        &Options {
+            db: Some(Ttls {
+                default: 6,
+                max: 12,
+            }),
+            revoke_replaced: false,
+            ..Options::default()
+        },
+    ));
+    let db = ok(tenant.db());
+    let mut pod = start_pod(stack, &ok(tenant.pod(&[CLASSIC])));
+    let report = client_loop(
+        &ok(pod.secrets_dir()).join(DB_FILE),
+        &ok(pod.state_dir()).join(STATE_FILE),
+        Duration::from_millis(500),
+        Duration::from_secs(16),
+    );
+    let out = pod.all_output();
+    assert!(
+        report.failures.is_empty(),
+        "the client could not log in: {:?}\n{out}",
+        report.failures
+    );
+    assert!(report.users.len() >= 2, "never replaced in 16 s\n{out}");
+    // The first credential lived until its max TTL: gone, but not before the agent
+    // tried and was denied.
+    let (first, _, gone) = &report.users[0];
+    let gone = gone.unwrap_or_else(|| panic!("{first} outlived its max TTL\n{out}"));
+    assert!(
+        gone <= MAX_TTL + LEASE_REVOCATION_LAG.as_secs_f64(),
+        "{first} gone only {gone:.1}s after the client started\n{out}"
+    );
+    let warnings: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("sys/leases/revoke"))
+        .collect();
+    assert!(
+        !warnings.is_empty(),
+        "no warning names the missing sys/leases/revoke grant\n{out}"
+    );
+    let trail = ok(tenant.trail());
+    let accessors = trail.login_accessors(AUTH_MOUNT, &tenant.auth_role);
+    let revoked = trail
+        .responses_to(&accessors)
+        .iter()
+        .filter(|e| e.path.starts_with("sys/leases/revoke/") && e.error.is_none())
+        .count();
+    assert_eq!(revoked, 0, "a revocation succeeded without the grant");
+    eprintln!(
+        "{} replacement(s), {} warning(s), first credential gone at {gone:.1}s: {}",
+        report.users.len() - 1,
+        warnings.len(),
+        warnings.first().copied().unwrap_or_default()
+    );
+
+    let mut secrets = secrets_of(stack, &pod, std::slice::from_ref(&tenant.kv_data));
+    report.add_to(&mut secrets);
+    let (done, _) = ok(pod.terminate_sidecar(TERM_GRACE));
+    assert_eq!(done.code(), Some(0), "{}", done.logs());
+    nothing_left(db, &pod.all_output());
+    assert_no_leak(&secrets, &pod, stack);
+}
