@@ -130,8 +130,7 @@ impl fmt::Debug for Template {
     }
 }
 
-/// What one execution saw.
-#[derive(Debug)]
+/// What one execution saw. `Debug` shows the output's size, never its bytes.
 pub struct Execution {
     /// Every source the execution asked for, in order of first use.
     pub used: Vec<Key>,
@@ -139,6 +138,17 @@ pub struct Execution {
     pub missing: Vec<Key>,
     /// The output; meaningful only when nothing is missing.
     pub output: Result<Vec<u8>, Error>,
+}
+
+impl fmt::Debug for Execution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let output: Result<usize, &Error> = self.output.as_ref().map(Vec::len);
+        f.debug_struct("Execution")
+            .field("used", &self.used)
+            .field("missing", &self.missing)
+            .field("output_len", &output)
+            .finish()
+    }
 }
 
 /// Parses `text` as the template `name` (used in every error).
