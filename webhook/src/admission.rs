@@ -59,8 +59,9 @@ pub struct Review {
     pub request: Request,
 }
 
-/// The fields of `AdmissionRequest` Sidekey uses.
-#[derive(Debug, Deserialize)]
+/// The fields of `AdmissionRequest` Sidekey uses. `Debug` leaves out the object, whose
+/// environment values may be secrets.
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Request {
     /// Identifies this review; echoed in the response.
@@ -84,6 +85,20 @@ pub struct Request {
     /// The object being admitted (absent on DELETE).
     #[serde(default)]
     pub object: Option<Value>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("uid", &self.uid)
+            .field("kind", &self.kind)
+            .field("sub_resource", &self.sub_resource)
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .field("operation", &self.operation)
+            .field("object", &self.object.as_ref().map(|_| "[OMITTED]"))
+            .finish()
+    }
 }
 
 /// A Kubernetes group/version/kind triple; the core group is the empty string.
@@ -361,6 +376,15 @@ mod tests {
             "{err}"
         );
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn debug_leaves_out_the_pod_and_its_environment_values() {
+        let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"CREATE","object":{"spec":{"containers":[{"env":[{"name":"P","value":"hunter2"}]}]}}}}"#;
+        let review = parse(body).expect("a review");
+        let debug = format!("{review:?} {review:#?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("uid: \"u\""), "{debug}");
     }
 
     #[test]
