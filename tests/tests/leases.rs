@@ -163,6 +163,41 @@ fn stamp(path: &Path) -> (u64, i64, i64) {
     (m.ino(), m.mtime(), m.mtime_nsec())
 }
 
+/// The pod made one login and one credential read in all, its one PostgreSQL user is
+/// `user`, and the credential file still has the `(path, stamp)` it had.
+fn one_login_one_credential(
+    tenant: &Tenant,
+    pod: &AgentPod,
+    user: &str,
+    file: (&Path, (u64, i64, i64)),
+    when: &str,
+) {
+    let db = ok(tenant.db());
+    let trail = ok(tenant.trail());
+    let logins = trail.logins(AUTH_MOUNT, &tenant.auth_role).len();
+    let mine = agent_requests(&trail, tenant);
+    let creds = audit::count(&refs(&mine), &db.creds_path(), Some("read"));
+    assert_eq!(
+        (logins, creds),
+        (1, 1),
+        "{when}: expected one login and one credential read for the pod; requests:\n{}\n{}",
+        audit::summary(&refs(&mine)),
+        pod.all_output()
+    );
+    assert_eq!(
+        ok(db.pg_roles()),
+        vec![user.to_owned()],
+        "{when}: PostgreSQL roles of this pod\n{}",
+        pod.all_output()
+    );
+    assert_eq!(
+        stamp(file.0),
+        file.1,
+        "{when}: {} was rewritten",
+        file.0.display()
+    );
+}
+
 #[test]
 fn init_and_sidecar_share_one_login_and_one_database_credential_across_a_crash() {
     let stack = stack();
@@ -193,28 +228,7 @@ fn init_and_sidecar_share_one_login_and_one_database_credential_across_a_crash()
     std::thread::sleep(Duration::from_secs(3));
     assert!(ok(pod.sidecar()).is_running(), "{}", pod.all_output());
     let check_one_of_each = |pod: &AgentPod, when: &str| {
-        let trail = ok(tenant.trail());
-        let logins = trail.logins(AUTH_MOUNT, &tenant.auth_role).len();
-        let mine = agent_requests(&trail, &tenant);
-        let creds = audit::count(&refs(&mine), &db.creds_path(), Some("read"));
-        assert_eq!(
-            (logins, creds),
-            (1, 1),
-            "{when}: expected one login and one credential read for the pod; requests:\n{}\n{}",
-            audit::summary(&refs(&mine)),
-            pod.all_output()
-        );
-        assert_eq!(
-            ok(db.pg_roles()),
-            vec![user.clone()],
-            "{when}: PostgreSQL roles of this pod\n{}",
-            pod.all_output()
-        );
-        assert_eq!(
-            stamp(&db_file),
-            rendered_by_init,
-            "{when}: {DB_FILE} was rewritten"
-        );
+        one_login_one_credential(&tenant, pod, &user, (&db_file, rendered_by_init), when)
     };
     check_one_of_each(&pod, "after the sidecar started");
 
@@ -784,7 +798,8 @@ fn token_max_ttl_leads_to_a_new_login_and_new_credentials_before_the_old_ones_di
 }
 
 #[test]
-fn native_sidecar_passes_its_startup_probe_renders_and_revokes_on_sigterm() {
+fn native_sidecar_passes_its_startup_probe_survives_a_crash_without_a_new_login_and_revokes_on_sigterm()
+ {
     let stack = stack();
     let tenant = ok(Tenant::create(&stack.bao, &Options::default()));
     let db = ok(tenant.db());
@@ -799,8 +814,24 @@ fn native_sidecar_passes_its_startup_probe_renders_and_revokes_on_sigterm() {
             pod.all_output()
         );
     }
-    let trail = ok(tenant.trail());
-    assert_eq!(trail.logins(AUTH_MOUNT, &tenant.auth_role).len(), 1);
+    let db_file = ok(pod.secrets_dir()).join(DB_FILE);
+    let rendered = stamp(&db_file);
+    std::thread::sleep(Duration::from_secs(1));
+    one_login_one_credential(&tenant, &pod, &user, (&db_file, rendered), "once ready");
+
+    // The kubelet restarts a crashed native sidecar (restartPolicy: Always) and runs
+    // its startup probe again; the new process carries on from the state volume.
+    ok(pod.crash_sidecar());
+    ok(pod.start_sidecar());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(ok(pod.sidecar()).is_running(), "{}", pod.all_output());
+    one_login_one_credential(
+        &tenant,
+        &pod,
+        &user,
+        (&db_file, rendered),
+        "after a crash and restart",
+    );
 
     let secrets = secrets_of(stack, &pod, std::slice::from_ref(&tenant.kv_data));
     let (done, _) = ok(pod.terminate_sidecar(TERM_GRACE));
