@@ -37,6 +37,13 @@ use crate::{source::Key, vault::SecretResponse};
 /// secrets' data, nested this deep at most.
 pub const MAX_ROUNDS: usize = 4;
 
+/// Most bytes one execution may produce, counted twice over: its output, and
+/// separately the strings its functions return along the way. Go templates can double
+/// a string per action (`$x = printf "%s%s" $x $x`) or nest ranges, so without a bound
+/// a short template would exhaust the agent's memory; past it the render fails with
+/// an error that says so.
+pub const MAX_RENDERED_BYTES: usize = 4 * 1024 * 1024;
+
 /// Longest template accepted, in bytes (a Kubernetes annotation value may be larger,
 /// but a file this big is not a template any more).
 pub const MAX_TEMPLATE_LEN: usize = 64 * 1024;
@@ -200,6 +207,8 @@ struct Context {
     missing: Vec<Key>,
     /// The last secret returned, to name it in a missing-key error.
     last_path: Option<String>,
+    /// Bytes of the strings functions returned so far ([`MAX_RENDERED_BYTES`]).
+    produced: usize,
 }
 
 impl Template {
@@ -226,9 +235,16 @@ impl Template {
         };
         let ctx = Arc::new(Mutex::new(ctx));
         let output = self.build(Arc::clone(&ctx)).and_then(|t| {
-            t.execute_to_string(&Value::Nil)
-                .map(String::into_bytes)
-                .map_err(|e| self.exec_error(e, &ctx))
+            let mut out = Bounded::default();
+            match t.execute_fmt(&mut out, &Value::Nil) {
+                Ok(()) => Ok(out.out.into_bytes()),
+                Err(_) if out.full => Err(Error::Execute {
+                    template: self.name.clone(),
+                    path: None,
+                    message: format!("the output is larger than {MAX_RENDERED_BYTES} bytes"),
+                }),
+                Err(e) => Err(self.exec_error(e, &ctx)),
+            }
         });
         let ctx = std::mem::take(&mut *lock(&ctx));
         Execution {
@@ -297,10 +313,32 @@ impl Template {
         t = t.func("secret", move |args| secret_fn(&c, args, false));
         let c = Arc::clone(&ctx);
         t = t.func("pkiCert", move |args| secret_fn(&c, args, true));
-        for (name, f) in helpers() {
-            t = t.func(name, f);
+        // Every function that makes a new string counts it against the budget,
+        // gotmpl's own print functions and escapers included.
+        let builtins: [(&'static str, Helper); 5] = [
+            ("print", |a| builtin("print", a)),
+            ("println", |a| builtin("println", a)),
+            ("html", |a| builtin("html", a)),
+            ("js", |a| builtin("js", a)),
+            ("urlquery", |a| builtin("urlquery", a)),
+        ];
+        let printf: (&'static str, Helper) = ("printf", printf);
+        for (name, f) in helpers().into_iter().chain(builtins).chain([printf]) {
+            let c = Arc::clone(&ctx);
+            t = t.func(name, move |args| {
+                let v = f(args)?;
+                if let Value::String(s) = &v {
+                    let mut c = lock(&c);
+                    c.produced = c.produced.saturating_add(s.len());
+                    if c.produced > MAX_RENDERED_BYTES {
+                        return Err(exec(format!(
+                            "{name}: the template made more than {MAX_RENDERED_BYTES} bytes of text"
+                        )));
+                    }
+                }
+                Ok(v)
+            });
         }
-        t = t.func("printf", printf);
         t.parse(&self.text).map_err(|e| Error::Parse {
             template: self.name.clone(),
             message: e.to_string(),
@@ -716,6 +754,38 @@ fn elementwise(spec: &str, v: &Value) -> gotmpl::Result<String> {
             Ok(format!("map[{}]", parts.join(" ")))
         }
         scalar => gotmpl_printf(spec, std::slice::from_ref(scalar)),
+    }
+}
+
+/// gotmpl's built-in function `name`, through a one-line template like `printf`'s.
+fn builtin(name: &str, args: &[Value]) -> gotmpl::Result<Value> {
+    let mut text = format!("{{{{ {name}");
+    for i in 0..args.len() {
+        text.push_str(&format!(" (index .a {i})"));
+    }
+    text.push_str(" }}");
+    let data = map([("a", Value::List(args.to_vec().into()))]);
+    gotmpl::Template::new(name)
+        .parse(&text)?
+        .execute_to_string(&data)
+        .map(string)
+}
+
+/// Output that refuses to grow past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct Bounded {
+    out: String,
+    full: bool,
+}
+
+impl fmt::Write for Bounded {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if self.out.len() + s.len() > MAX_RENDERED_BYTES {
+            self.full = true;
+            return Err(fmt::Error);
+        }
+        self.out.push_str(s);
+        Ok(())
     }
 }
 
@@ -1204,6 +1274,40 @@ mod tests {
         let have: BTreeMap<Key, Fetched> =
             sources.iter().map(|(p, f)| (key(p), f.clone())).collect();
         t.render(&have).map(|b| String::from_utf8(b).unwrap())
+    }
+
+    #[test]
+    fn a_template_that_grows_without_bound_fails_with_the_limit() {
+        // A string doubled per action: 16 bytes << 40 would be 16 TiB.
+        let doubling = format!(
+            "{{{{ $x := \"0123456789abcdef\" }}}}{}{{{{ len $x }}}}",
+            "{{ $x = printf \"%s%s\" $x $x }}".repeat(40)
+        );
+        // The same through print.
+        let printing = format!(
+            "{{{{ $x := \"0123456789abcdef\" }}}}{}",
+            "{{ $x = print $x $x }}".repeat(40)
+        );
+        // An escaper nested in itself: `js` doubles each backslash.
+        let escaping = format!("{{{{ {}\"\\\\\"{} }}}}", "js (".repeat(30), ")".repeat(30));
+        // A secret's 100 kB value written once per element of its 1000-element list:
+        // no function makes the text, the output itself grows.
+        let ranging = "{{ with secret \"s\" }}{{ $b := .Data.big }}\
+                       {{ range .Data.list }}{{ $b }}{{ end }}{{ end }}";
+        let data = json!({ "list": (0..1000).collect::<Vec<u32>>(), "big": "b".repeat(100_000) });
+        for text in [&doubling, &printing, &escaping, ranging] {
+            let e = render(text, &[("s", fetched(data.clone()))]).expect_err("too large");
+            let message = e.to_string();
+            assert!(
+                message.contains(&MAX_RENDERED_BYTES.to_string()) && !message.contains("bbbb"),
+                "{text}: {message}"
+            );
+        }
+        // Below the limit, the same forms render.
+        let small = "{{ $x := \"ab\" }}{{ $x = printf \"%s%s\" $x $x }}{{ print $x $x }}";
+        assert_eq!(render(small, &[]).unwrap(), "abababab");
+        assert_eq!(render("{{ js \"\\\\\" }}", &[]).unwrap(), "\\\\");
+        assert_eq!(render("{{ html \"<&>\" }}", &[]).unwrap(), "&lt;&amp;&gt;");
     }
 
     #[test]
