@@ -326,6 +326,14 @@ impl Template {
         for (name, f) in helpers().into_iter().chain(builtins).chain([printf]) {
             let c = Arc::clone(&ctx);
             t = t.func(name, move |args| {
+                // Refused before the call too: one call with many large arguments
+                // (`print $x $x $x ...`) would otherwise allocate them all first.
+                let given: usize = args.iter().filter_map(Value::as_str).map(str::len).sum();
+                if lock(&c).produced.saturating_add(given) > MAX_RENDERED_BYTES {
+                    return Err(exec(format!(
+                        "{name}: the template made more than {MAX_RENDERED_BYTES} bytes of text"
+                    )));
+                }
                 let v = f(args)?;
                 if let Value::String(s) = &v {
                     let mut c = lock(&c);
@@ -1288,6 +1296,11 @@ mod tests {
             "{{{{ $x := \"0123456789abcdef\" }}}}{}",
             "{{ $x = print $x $x }}".repeat(40)
         );
+        // One call with many copies of a secret's large value.
+        let wide = format!(
+            "{{{{ with secret \"s\" }}}}{{{{ print{} }}}}{{{{ end }}}}",
+            " .Data.big".repeat(200)
+        );
         // An escaper nested in itself: `js` doubles each backslash.
         let escaping = format!("{{{{ {}\"\\\\\"{} }}}}", "js (".repeat(30), ")".repeat(30));
         // A secret's 100 kB value written once per element of its 1000-element list:
@@ -1295,7 +1308,7 @@ mod tests {
         let ranging = "{{ with secret \"s\" }}{{ $b := .Data.big }}\
                        {{ range .Data.list }}{{ $b }}{{ end }}{{ end }}";
         let data = json!({ "list": (0..1000).collect::<Vec<u32>>(), "big": "b".repeat(100_000) });
-        for text in [&doubling, &printing, &escaping, ranging] {
+        for text in [&doubling, &printing, &wide, &escaping, ranging] {
             let e = render(text, &[("s", fetched(data.clone()))]).expect_err("too large");
             let message = e.to_string();
             assert!(
