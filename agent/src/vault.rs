@@ -784,12 +784,12 @@ fn describe_rustls(err: &rustls::Error) -> String {
     match err {
         rustls::Error::InvalidCertificate(cert) => match cert {
             C::UnknownIssuer => "Vault's certificate is not trusted (unknown issuer): \
-                 vault.ca_pem (or the system roots, if unset) does not contain the CA \
-                 that signed it"
+                 vault.ca_pem and vault.ca_file (or the system roots, if both are unset) \
+                 do not contain the CA that signed it"
                 .into(),
             C::NotValidForName | C::NotValidForNameContext { .. } => {
-                "Vault's certificate does not match the host name in vault.addr \
-                 (name mismatch)"
+                "Vault's certificate does not match the expected name: \
+                 vault.tls_server_name if set, else the host in vault.addr (name mismatch)"
                     .into()
             }
             C::Expired | C::ExpiredContext { .. } => "Vault's certificate has expired".into(),
