@@ -36,3 +36,10 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+## fuzz-smoke: build every fuzz target once (cargo-fuzz on stable Rust) and run each for
+## FUZZ_SECONDS (default 12); longer runs by hand: docs/fuzzing.md
+FUZZ_SECONDS ?= 12
+.PHONY: fuzz-smoke
+fuzz-smoke:
+	bash fuzz/smoke.sh $(FUZZ_SECONDS)

@@ -22,7 +22,7 @@ fi
 # Outside the clone, so that CI (a fresh clone on the same machine) reuses the
 # instrumented dependencies and rebuilds only Sidekey's own crates. The corpus is kept
 # there too: each smoke run starts from what the earlier ones found.
-cache=${SIDEKEY_FUZZ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sidekey}
+cache=${SIDEKEY_FUZZ_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/sidekey}
 target_dir=$cache/fuzz-target
 
 # No sanitizer: the code under test forbids `unsafe`, so what libFuzzer finds here is
