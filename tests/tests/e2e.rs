@@ -42,6 +42,10 @@ fn runnable_app_pod(tweak: impl FnOnce(&mut serde_json::Map<String, Value>)) -> 
     ))
 }
 
+/// Held by the tests that rotate the demo app's secret: they share it, and one's
+/// rotation must not overwrite the version the other waits for.
+static ROTATION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn require_root() {
     assert!(
         sidekey_tests::is_root(),
@@ -87,6 +91,7 @@ fn wait_app_saw(pod: &KubeletPod, line: &str) {
 #[test]
 fn annotated_pod_gets_a_native_sidecar_that_renders_refreshes_and_revokes() {
     require_root();
+    let _rotation = ROTATION.lock().unwrap_or_else(|p| p.into_inner());
     let stack = Stack::shared();
     let pod = runnable_app_pod(|a| {
         a.insert("sidekey.dev/refresh".into(), json!("1s"));
@@ -233,6 +238,7 @@ fn annotated_pod_gets_a_native_sidecar_that_renders_refreshes_and_revokes() {
 #[test]
 fn classic_layout_renders_in_init_then_refreshes_and_revokes_from_the_sidecar() {
     require_root();
+    let _rotation = ROTATION.lock().unwrap_or_else(|p| p.into_inner());
     let stack = Stack::shared();
     let pod = runnable_app_pod(|a| {
         a.insert("sidekey.dev/refresh".into(), json!("1s"));
