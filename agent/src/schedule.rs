@@ -70,14 +70,18 @@ pub fn after_grant(
     renewable: bool,
     jitter: f64,
 ) -> (Action, Instant) {
+    // Vault reports TTLs in whole seconds rounded up, so up to CAP_TOLERANCE of what it
+    // says is left may already be gone. Every moment below keeps MIN_LEAD of *real*
+    // validity: a renewal that turns out capped must still leave time to replace.
+    let floor = MIN_LEAD + CAP_TOLERANCE;
     let capped = granted + CAP_TOLERANCE < asked;
     if renewable && !capped {
-        return (
-            Action::Renew,
-            now + granted.mul_f64(2.0 / 3.0 * (1.0 - jitter)),
-        );
+        let renew_in = granted
+            .mul_f64(2.0 / 3.0 * (1.0 - jitter))
+            .min(granted.saturating_sub(floor));
+        return (Action::Renew, now + renew_in);
     }
-    let lead = lead(asked).mul_f64(1.0 + jitter);
+    let lead = lead(asked).mul_f64(1.0 + jitter).max(floor);
     (Action::Reissue, now + granted.saturating_sub(lead))
 }
 
@@ -199,10 +203,30 @@ mod tests {
             after_grant(now, S(30), S(30), false, 0.0),
             (Action::Reissue, now + S(20))
         );
-        // Tiny TTLs keep the minimum lead.
+        // Tiny TTLs keep the minimum lead plus Vault's rounding: replace at once.
         assert_eq!(
             after_grant(now, S(3), S(3), false, 0.0),
-            (Action::Reissue, now + S(1))
+            (Action::Reissue, now)
+        );
+    }
+
+    #[test]
+    fn a_short_grant_is_renewed_early_enough_to_replace_it_if_the_renewal_is_capped() {
+        // Seen under load: asked 6 s, granted 5 s (rounded up from about 4.4 s). Renewing
+        // at 2/3 of 5 s left about 1 s for the replacement; the renewal must come while
+        // MIN_LEAD of real validity would remain after Vault's rounding.
+        let now = Instant::now();
+        let (action, at) = after_grant(now, S(6), S(5), true, 0.0);
+        assert_eq!(action, Action::Renew);
+        assert!(
+            at <= now + S(5) - MIN_LEAD - CAP_TOLERANCE,
+            "{:?}",
+            at - now
+        );
+        // A long grant is unaffected: still two thirds.
+        assert_eq!(
+            after_grant(now, S(3600), S(3600), true, 0.0).1,
+            now + S(2400)
         );
     }
 
