@@ -796,7 +796,12 @@ fn describe_rustls(err: &rustls::Error) -> String {
             C::NotValidYet | C::NotValidYetContext { .. } => {
                 "Vault's certificate is not valid yet (check the clock)".into()
             }
-            C::BadSignature => "Vault's certificate has a bad signature".into(),
+            // Seen when a trusted CA has the issuer's name but not its key: another CA
+            // of the same name, or the CA from before a rotation.
+            C::BadSignature => "Vault's certificate is not trusted (bad signature): it was \
+                 not signed by the CA of that name in vault.ca_pem or vault.ca_file, which \
+                 may be another CA with the same name, or the CA from before a rotation"
+                .into(),
             other => format!("Vault's certificate was rejected: {other:?}"),
         },
         other => other.to_string(),
