@@ -145,13 +145,15 @@ fn admit(pod: &Value) -> Value {
     admitted.pod
 }
 
-/// Starts an admitted pod, with `objects` (Secrets) registered.
+/// Starts an admitted pod; each of `objects` (name, key, value) exists in the pod's
+/// namespace both as a Secret and as a ConfigMap.
 fn start(mutated: &Value, objects: &[(&str, &str, &str)]) -> KubeletPod {
     let stack = Stack::shared();
     let mut run = ok(stack.pod_run(mutated));
     for (name, key, value) in objects {
         let data = BTreeMap::from([((*key).to_owned(), value.as_bytes().to_vec())]);
-        run.add_object(ObjectKind::Secret, name, data);
+        run.add_object(ObjectKind::Secret, name, data.clone());
+        run.add_object(ObjectKind::ConfigMap, name, data);
     }
     match KubeletPod::start(run, INIT_LIMIT) {
         Ok(p) => p,
@@ -302,7 +304,8 @@ fn vault_namespace_sends_login_and_reads_to_that_namespace() {
 }
 
 /// `vault-addr` and `ca-cert`: the pod talks to a second OpenBao with its own CA, which
-/// the pod trusts through a Secret volume; `tls-server-name` verifies its certificate
+/// the pod trusts through a Secret volume (then a ConfigMap; without either, the
+/// certificate is not trusted); `tls-server-name` verifies its certificate
 /// against `localhost` while connecting to 127.0.0.1, and a name the certificate lacks
 /// fails the TLS handshake.
 #[test]
@@ -346,6 +349,29 @@ fn vault_addr_ca_cert_and_tls_server_name_reach_another_vault() {
     assert!(
         !app.to_string().contains(layout::CA_VOLUME),
         "the CA volume must be agent-only"
+    );
+    let pod = start(&mutated, &objects);
+    assert_eq!(json_of(&pod, "app.json"), data);
+    stop_and_check(pod, &cli_in(&other, None), &values(&data));
+
+    // The same CA from a ConfigMap.
+    let from_configmap: Vec<_> = annotations("localhost")
+        .into_iter()
+        .map(|(k, v)| match k {
+            "ca-cert" => (k, "configmap:other-vault-ca/ca.crt"),
+            _ => (k, v),
+        })
+        .collect();
+    let mutated = admit(&annotated_pod(&from_configmap, IDLE_APP));
+    let ca_volume = mutated["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == layout::CA_VOLUME)
+        .expect("the CA volume");
+    assert_eq!(
+        ca_volume["configMap"]["name"], "other-vault-ca",
+        "{ca_volume}"
     );
     let pod = start(&mutated, &objects);
     assert_eq!(json_of(&pod, "app.json"), data);

@@ -217,3 +217,60 @@ fn classic_sidecar_keeps_a_jobs_pod_from_completing() {
     pod.terminate().unwrap_or_else(|e| panic!("{e}"));
     assert!(!ok(stack.bao.accessor_valid(&accessor)));
 }
+
+/// The startup probe is what makes secrets available to later init containers: an
+/// init container named in `containers` runs after the native sidecar's probe passed
+/// and reads the rendered file (a regular init container cannot wait or retry).
+#[test]
+fn init_container_after_the_native_sidecar_reads_the_rendered_secret() {
+    let stack = Stack::shared();
+    let mut pod = ok(workload::deployment_pod(
+        |a| {
+            a.insert("sidekey.dev/containers".into(), json!("app,migrate"));
+        },
+        "trap 'exit 0' TERM; echo up; while :; do sleep 0.1; done",
+    ));
+    workload::run_script(
+        &mut pod["spec"]["initContainers"][0],
+        "set -e; h=`sha256sum /vault/secrets/app.json | cut -d' ' -f1`; echo \"seen $h\"",
+    );
+    let admitted = ok(stack.admit(&pod));
+    assert!(admitted.verdict.allowed, "{:?}", admitted.verdict);
+    let mutated = admitted.pod;
+    ok(podcheck::check_all(&mutated));
+    let migrate = workload::container(&mutated, "initContainers", "migrate").unwrap();
+    assert!(
+        migrate["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == layout::SECRETS_VOLUME && m["readOnly"] == true),
+        "{migrate}"
+    );
+
+    let mut pod = start(stack, &mutated);
+    let bytes = std::fs::read(
+        pod.run
+            .volume_path(layout::SECRETS_VOLUME)
+            .unwrap()
+            .join("app.json"),
+    )
+    .unwrap();
+    let migrate = pod.ended("migrate").unwrap();
+    assert_eq!(migrate.finished.code(), Some(0), "{}", pod.all_logs());
+    assert!(
+        migrate
+            .finished
+            .stdout
+            .contains(&workload::seen_line(&bytes)),
+        "{}",
+        pod.all_logs()
+    );
+    sidekey_tests::process::wait_for("the app's handler", Duration::from_secs(10), || {
+        pod.output("app").contains("up").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", pod.all_logs()));
+    pod.terminate().unwrap_or_else(|e| panic!("{e}"));
+    let agent = pod.ended(layout::SIDECAR_CONTAINER).unwrap();
+    assert_eq!(agent.finished.code(), Some(0), "{}", pod.all_logs());
+}
