@@ -20,6 +20,10 @@ for tool in unshare setpriv chroot; do
   command -v "$tool" >/dev/null 2>&1 || need_apt+=(util-linux coreutils)
 done
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
+# make images-check: readelf (static check), curl and openssl (runs in empty roots).
+command -v readelf >/dev/null 2>&1 || need_apt+=(binutils)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if ! command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   need_apt+=(postgresql)
 fi
