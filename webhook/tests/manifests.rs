@@ -327,3 +327,29 @@ fn the_vault_setup_example_binds_one_service_account_in_one_namespace() {
     assert!(policy.contains("secret/data/demo/app"), "{policy}");
     assert!(!policy.contains("\"*\""), "{policy}");
 }
+
+#[test]
+fn the_vault_address_overlay_of_the_install_guide_builds_and_sets_the_address() {
+    // The overlay docs/install.md shows, applied to this checkout.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let overlay = dir.path().join("my-install");
+    std::fs::create_dir(&overlay).expect("mkdir");
+    // kustomize takes relative resource paths only: climb to / and back down.
+    let up = "../".repeat(overlay.components().count() - 1);
+    let target = manifests().canonicalize().expect("manifests");
+    let relative = format!(
+        "{up}{}",
+        target.display().to_string().trim_start_matches('/')
+    );
+    let kustomization = format!(
+        "resources:\n  - {}\npatches:\n  - target: {{kind: Deployment, name: sidekey-webhook}}\n    \
+         patch: |\n      - op: replace\n        path: /spec/template/spec/containers/0/env/1/value\n        \
+         value: https://vault.example.internal:8200\n",
+        relative
+    );
+    std::fs::write(overlay.join("kustomization.yaml"), kustomization).expect("write");
+    let docs = documents(&kustomize(&overlay));
+    let env = &find(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"][1];
+    assert_eq!(env["name"], "SIDEKEY_VAULT_ADDR");
+    assert_eq!(env["value"], "https://vault.example.internal:8200");
+}
