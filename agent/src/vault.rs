@@ -119,6 +119,11 @@ impl Error {
     }
 }
 
+/// Largest response body read from Vault: eight times integrated storage's default
+/// entry size limit, half the default secrets volume, and well inside the agent's
+/// default memory limit once decoded.
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+
 /// A Vault token from a login or renewal.
 #[derive(Clone)]
 pub struct Token {
@@ -595,10 +600,24 @@ impl Client {
             .await
             .map_err(|e| self.classify(&e, &method, path))?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
+        // Read in chunks up to a bound: a server (`vault-addr` may name any) must not
+        // make the agent buffer more than it can hold.
+        let mut resp = resp;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| self.classify(&e, &method, path))?;
+            .map_err(|e| self.classify(&e, &method, path))?
+        {
+            if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(Error::Decode {
+                    path: path.to_owned(),
+                    bytes: bytes.len() + chunk.len(),
+                    what: "larger than the 8 MiB the agent reads",
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
 
         if status.is_success() {
             if bytes.is_empty() || status == StatusCode::NO_CONTENT {
