@@ -185,6 +185,16 @@ fn the_base_is_hardened_and_both_webhook_entries_are_scoped() {
         "RuntimeDefault"
     );
     let container = &pod["containers"][0];
+    // The webhook image of this release, which injects the agent of this release.
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        container["image"],
+        format!("ghcr.io/sidekey/webhook:{version}")
+    );
+    assert_eq!(
+        sidekey_webhook::config::DEFAULT_AGENT_IMAGE,
+        format!("ghcr.io/sidekey/agent:{version}")
+    );
     for probe in ["readinessProbe", "livenessProbe"] {
         assert_eq!(container[probe]["httpGet"]["scheme"], "HTTPS", "{probe}");
     }
