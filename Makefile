@@ -31,6 +31,24 @@ test: setup build
 images-check: setup
 	bash scripts/images.sh
 
+## bench: Sidekey's agent beside `bao agent`, the webhook under TLS load, 200 agents on
+## one OpenBao; release builds, about 20 minutes; the report goes to target/bench/report.md
+## (docs/benchmarks.md). Not part of `make test`.
+.PHONY: bench bench-smoke
+bench: setup
+	bash bench/setup.sh
+	$(CARGO) build --release -p sidekey-agent -p sidekey-webhook -p sidekey-bench
+	$(CARGO) bench -p sidekey-webhook --bench mutate
+	target/release/sidekey-bench all --out target/bench/report.md
+
+## bench-smoke: the same harness with tiny sizes (1 secret, 10 s windows, 5 agents): checks
+## that it runs, not the figures
+bench-smoke: setup
+	bash bench/setup.sh
+	$(CARGO) build --release -p sidekey-agent -p sidekey-webhook -p sidekey-bench
+	$(CARGO) bench -p sidekey-webhook --bench mutate -- --warm-up-time 1 --measurement-time 2
+	target/release/sidekey-bench --smoke all --out target/bench/smoke.md
+
 ## lint: formatting and clippy, as CI runs them
 lint:
 	$(CARGO) fmt --all --check
