@@ -77,8 +77,9 @@ pub fn after_grant(
     let capped = granted + CAP_TOLERANCE < asked;
     if renewable && !capped {
         let renew_in = granted
-            .mul_f64(2.0 / 3.0 * (1.0 - jitter))
-            .min(granted.saturating_sub(floor));
+            .mul_f64(2.0 / 3.0)
+            .min(granted.saturating_sub(floor))
+            .mul_f64(1.0 - jitter);
         return (Action::Renew, now + renew_in);
     }
     let lead = lead(asked).mul_f64(1.0 + jitter).max(floor);
