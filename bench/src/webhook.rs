@@ -31,14 +31,21 @@ pub struct LoadResult {
     pub errors: u64,
 }
 
+/// Both servers at one concurrency.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    pub connections: u32,
+    pub baseline: LoadResult,
+    pub webhook: LoadResult,
+}
+
 #[derive(Debug, Clone)]
 pub struct WebhookResult {
-    pub connections: u32,
     pub threads: u32,
     pub duration_secs: u64,
     pub body_bytes: usize,
-    pub baseline: LoadResult,
-    pub webhook: LoadResult,
+    /// One connection (latency without queueing), then several (throughput).
+    pub pairs: Vec<Pair>,
 }
 
 /// Runs the load test on both servers.
@@ -66,7 +73,8 @@ pub fn run(bins: &Path, smoke: bool) -> Result<WebhookResult> {
     )?;
 
     let client = sidekey_tests::tls::client_trusting(&cert.ca_pem)?;
-    let (threads, connections, duration) = if smoke { (1, 4, 2) } else { (1, 8, 15) };
+    let (threads, duration) = if smoke { (1, 2) } else { (1, 15) };
+    let concurrency = [1u32, 8];
 
     // Baseline first, then the webhook; each gets a short warm-up run first.
     let port = process::free_port()?;
@@ -81,14 +89,17 @@ pub fn run(bins: &Path, smoke: bool) -> Result<WebhookResult> {
     let baseline_proc = Process::spawn("baseline", cmd, dir.path())?;
     let url = format!("https://127.0.0.1:{port}/mutate");
     wait_answering(&client, &url, &body, false)?;
-    let baseline = load(
-        "baseline: same TLS server, empty 200",
-        &url,
-        &script,
-        threads,
-        connections,
-        duration,
-    )?;
+    let mut baselines = Vec::new();
+    for &c in &concurrency {
+        baselines.push(load(
+            "baseline: same TLS server, empty 200",
+            &url,
+            &script,
+            threads,
+            c,
+            duration,
+        )?);
+    }
     drop(baseline_proc);
 
     let port = process::free_port()?;
@@ -110,23 +121,29 @@ pub fn run(bins: &Path, smoke: bool) -> Result<WebhookResult> {
     let webhook_proc = Process::spawn("webhook", cmd, dir.path())?;
     let url = format!("https://127.0.0.1:{port}/mutate");
     wait_answering(&client, &url, &body, true)?;
-    let webhook = load(
-        "sidekey-webhook POST /mutate (pod mutated)",
-        &url,
-        &script,
-        threads,
-        connections,
-        duration,
-    )?;
+    let mut pairs = Vec::new();
+    for (&connections, baseline) in concurrency.iter().zip(baselines) {
+        let webhook = load(
+            "sidekey-webhook POST /mutate (pod mutated)",
+            &url,
+            &script,
+            threads,
+            connections,
+            duration,
+        )?;
+        pairs.push(Pair {
+            connections,
+            baseline,
+            webhook,
+        });
+    }
     drop(webhook_proc);
 
     Ok(WebhookResult {
-        connections,
         threads,
         duration_secs: duration,
         body_bytes: body.len(),
-        baseline,
-        webhook,
+        pairs,
     })
 }
 
