@@ -257,11 +257,25 @@ fn the_base_is_hardened_and_both_webhook_entries_are_scoped() {
         "true"
     );
     assert_eq!(entries[1]["failurePolicy"], "Ignore");
+    // Pods migrated from the Vault Agent Injector opt in with its annotation only;
+    // the condition must let all three opt-in keys through (docs/migrating.md).
+    let expression = entries[1]["matchConditions"][0]["expression"]
+        .as_str()
+        .expect("the annotated entry has a match condition");
     assert!(
-        entries[1]["matchConditions"][0]["expression"]
-            .as_str()
-            .is_some_and(|e| e.contains("'sidekey.dev/inject' in object.metadata.annotations"))
+        expression.starts_with("has(object.metadata.annotations) &&"),
+        "{expression}"
     );
+    for key in [
+        "sidekey.dev/inject",
+        "vault.hashicorp.com/agent-inject",
+        "openbao.org/agent-inject",
+    ] {
+        assert!(
+            expression.contains(&format!("'{key}' in object.metadata.annotations")),
+            "{key} missing from {expression}"
+        );
+    }
 }
 
 #[test]
