@@ -624,9 +624,10 @@ pub fn parse_with_warnings(
     defaults: &Defaults,
 ) -> Result<(AgentConfig, Placement, Vec<String>), AnnotationError> {
     if compat::uses_foreign_prefix(annotations) {
-        let (translated, warnings) = compat::translate(annotations)?;
-        let (config, placement) = parse_own(&translated, defaults)?;
-        return Ok((config, placement, warnings));
+        let translation = compat::translate_with_origins(annotations)?;
+        let (config, placement) =
+            parse_own(&translation.annotations, defaults).map_err(|e| translation.origin_of(e))?;
+        return Ok((config, placement, translation.warnings));
     }
     let (config, placement) = parse_own(annotations, defaults)?;
     Ok((config, placement, Vec::new()))
@@ -2279,6 +2280,51 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "vault.hashicorp.com/agent-inject-token");
+    }
+
+    #[test]
+    fn denials_of_translated_keys_name_the_key_the_user_wrote() {
+        let denied = |extra: &[(&str, &str)]| {
+            let mut a = map(&[
+                ("vault.hashicorp.com/agent-inject", "true"),
+                ("vault.hashicorp.com/role", "app"),
+                ("vault.hashicorp.com/agent-inject-secret-db", "kv/db"),
+            ]);
+            a.extend(map(extra));
+            parse(&a, &defaults()).unwrap_err()
+        };
+        let e = denied(&[(
+            "vault.hashicorp.com/agent-inject-file-db",
+            "../../etc/passwd",
+        )]);
+        assert_eq!(e.key, "vault.hashicorp.com/agent-inject-file-db", "{e}");
+        assert!(
+            e.to_string()
+                .contains("vault.hashicorp.com/agent-inject-file-db")
+        );
+        let e = denied(&[("vault.hashicorp.com/agent-inject-perms-db", "0999")]);
+        assert_eq!(e.key, "vault.hashicorp.com/agent-inject-perms-db");
+        let e = denied(&[("vault.hashicorp.com/service", "ftp://vault")]);
+        assert_eq!(e.key, "vault.hashicorp.com/service");
+        let e = denied(&[("vault.hashicorp.com/agent-revoke-grace", "999999")]);
+        assert_eq!(e.key, "vault.hashicorp.com/agent-revoke-grace");
+        // openbao.org/ wins over vault.hashicorp.com/ and is named when it is the source.
+        let e = denied(&[("openbao.org/agent-inject-perms-db", "rwx")]);
+        assert_eq!(e.key, "openbao.org/agent-inject-perms-db");
+        // The pod's own sidekey.dev/ key is named as itself.
+        let e = denied(&[("sidekey.dev/perms-db", "0999")]);
+        assert_eq!(e.key, "sidekey.dev/perms-db");
+
+        // A missing role is named under the prefix the pod is written in.
+        let no_role = |prefix: &str| {
+            let a = map(&[
+                (&format!("{prefix}agent-inject"), "true"),
+                (&format!("{prefix}agent-inject-secret-db"), "kv/db"),
+            ]);
+            parse(&a, &defaults()).unwrap_err().key
+        };
+        assert_eq!(no_role("vault.hashicorp.com/"), "vault.hashicorp.com/role");
+        assert_eq!(no_role("openbao.org/"), "openbao.org/role");
     }
 
     #[test]

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use super::annotations::{AnnotationError, PREFIX};
+use super::annotations::{AnnotationError, PREFIX, ROLE};
 
 /// The Vault Agent Injector's prefix.
 pub const VAULT_PREFIX: &str = "vault.hashicorp.com/";
@@ -288,8 +288,40 @@ fn deny(key: &str, problem: impl Into<String>) -> AnnotationError {
 /// One secret being translated, keyed by its raw name.
 #[derive(Default)]
 struct Secret {
-    path: Option<String>,
-    template: Option<String>,
+    /// The path and the full key it came from.
+    path: Option<(String, String)>,
+    /// The template and the full key it came from.
+    template: Option<(String, String)>,
+}
+
+/// What [`translate_with_origins`] produces.
+pub struct Translation {
+    /// The `sidekey.dev/` annotations (the pod's own merged in).
+    pub annotations: BTreeMap<String, String>,
+    /// Warnings for keys accepted but ignored.
+    pub warnings: Vec<String>,
+    /// For each translated `sidekey.dev/` key, the foreign key the user wrote.
+    pub origins: BTreeMap<String, String>,
+    /// The foreign prefix the pod opts in with (`vault.hashicorp.com/` unless only
+    /// `openbao.org/` keys are present), to name keys the pod lacks.
+    pub prefix: &'static str,
+}
+
+impl Translation {
+    /// Rewrites a denial of a translated `sidekey.dev/` key to name the key the user
+    /// wrote: they never wrote `sidekey.dev/file-db`, they wrote
+    /// `vault.hashicorp.com/agent-inject-file-db`. A required key the pod lacks is
+    /// named under the pod's own prefix.
+    pub fn origin_of(&self, mut e: AnnotationError) -> AnnotationError {
+        if let Some(original) = self.origins.get(&e.key) {
+            e.key.clone_from(original);
+        } else if e.key == format!("{PREFIX}{ROLE}") && !self.annotations.contains_key(&e.key) {
+            // The role is missing: the user wrote neither form; name the foreign one,
+            // which is what their pod is written in.
+            e.key = format!("{}{ROLE}", self.prefix);
+        }
+        e
+    }
 }
 
 /// Translates the foreign annotations of `annotations` into `sidekey.dev/` ones (the
@@ -301,11 +333,28 @@ struct Secret {
 pub fn translate(
     annotations: &BTreeMap<String, String>,
 ) -> Result<(BTreeMap<String, String>, Vec<String>), AnnotationError> {
+    let t = translate_with_origins(annotations)?;
+    Ok((t.annotations, t.warnings))
+}
+
+/// [`translate`], also remembering which foreign key each `sidekey.dev/` key came
+/// from, so a later denial names what the user wrote ([`Translation::origin_of`]).
+///
+/// # Errors
+/// A key that cannot be honoured, named in the error with what to do instead.
+pub fn translate_with_origins(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Translation, AnnotationError> {
     let f = foreign(annotations);
     let mut out: BTreeMap<String, String> = BTreeMap::new();
+    let mut origins: BTreeMap<String, String> = BTreeMap::new();
     let mut warnings = Vec::new();
-    let mut set = |k: &str, v: String| {
-        out.insert(format!("{PREFIX}{k}"), v);
+    let mut set = |k: &str, v: String, origin: &str| {
+        let key = format!("{PREFIX}{k}");
+        if !origin.is_empty() {
+            origins.insert(key.clone(), origin.to_owned());
+        }
+        out.insert(key, v);
     };
     let get_bool = |key: &str, full: &str, v: &str| {
         go_bool(v).ok_or_else(|| {
@@ -332,9 +381,11 @@ pub fn translate(
             ));
         }
         if let Some(raw) = key.strip_prefix("agent-inject-secret-") {
-            secrets.entry(raw.to_owned()).or_default().path = Some(value.trim().to_owned());
+            secrets.entry(raw.to_owned()).or_default().path =
+                Some((value.trim().to_owned(), (*full).to_owned()));
         } else if let Some(raw) = key.strip_prefix("agent-inject-template-") {
-            secrets.entry(raw.to_owned()).or_default().template = Some((*value).to_owned());
+            secrets.entry(raw.to_owned()).or_default().template =
+                Some(((*value).to_owned(), (*full).to_owned()));
         }
     }
 
@@ -376,20 +427,20 @@ pub fn translate(
             ));
         }
         names.insert(raw.clone(), name.clone());
-        if let Some(path) = &s.path {
-            set(&format!("secret-{name}"), path.clone());
+        if let Some((path, full)) = &s.path {
+            set(&format!("secret-{name}"), path.clone(), full);
         }
         let own_format = annotations.contains_key(&format!("{PREFIX}format-{name}"));
         let own_template = annotations.contains_key(&format!("{PREFIX}template-{name}"));
         match (&s.template, &s.path) {
-            (Some(t), _) => set(&format!("template-{name}"), t.clone()),
-            (None, Some(path)) if !own_format && !own_template => {
+            (Some((t, full)), _) => set(&format!("template-{name}"), t.clone(), full),
+            (None, Some((path, full))) if !own_format && !own_template => {
                 let t = if default_template == "json" {
                     default_json_template(path)
                 } else {
                     default_map_template(path)
                 };
-                set(&format!("template-{name}"), t);
+                set(&format!("template-{name}"), t, full);
             }
             _ => {}
         }
@@ -412,7 +463,7 @@ pub fn translate(
     // The Vault Agent Injector puts its init container after the pod's own unless told
     // otherwise; so does a translated pod, so init containers see what they saw.
     if !f.contains_key("agent-init-first") {
-        set("init-first", "false".to_owned());
+        set("init-first", "false".to_owned(), "");
     }
 
     for (key, (full, value)) in &f {
@@ -429,18 +480,19 @@ pub fn translate(
             set(
                 &format!("file-{name}"),
                 v.trim_start_matches('/').to_owned(),
+                full,
             );
             continue;
         }
         if let Some(raw) = key.strip_prefix("agent-inject-perms-") {
             let name = name_of(raw, full)?;
-            set(&format!("perms-{name}"), v.to_owned());
+            set(&format!("perms-{name}"), v.to_owned(), full);
             continue;
         }
         if let Some(raw) = key.strip_prefix("agent-inject-command-") {
             let name = name_of(raw, full)?;
             let notify = command_to_notify(v).map_err(|why| deny(full, why))?;
-            set(&format!("notify-{name}"), notify);
+            set(&format!("notify-{name}"), notify, full);
             continue;
         }
         if let Some(raw) = key.strip_prefix("error-on-missing-key-") {
@@ -483,7 +535,7 @@ pub fn translate(
         }
         if let Some(param) = key.strip_prefix("auth-config-") {
             if param == "role" {
-                set("role", v.to_owned());
+                set("role", v.to_owned(), full);
                 continue;
             }
             return Err(deny(
@@ -509,20 +561,20 @@ pub fn translate(
         }
         match key {
             AGENT_INJECT | AGENT_INJECT_STATUS | "agent-inject-default-template" => {}
-            "role" => set("role", v.to_owned()),
-            "auth-path" => set("auth-path", v.to_owned()),
+            "role" => set("role", v.to_owned(), full),
+            "auth-path" => set("auth-path", v.to_owned(), full),
             "auth-type" => auth_type = v.to_owned(),
-            "namespace" => set("vault-namespace", v.to_owned()),
-            "service" => set("vault-addr", v.to_owned()),
+            "namespace" => set("vault-namespace", v.to_owned(), full),
+            "service" => set("vault-addr", v.to_owned(), full),
             "tls-skip-verify" => {
-                set("tls-skip-verify", get_bool(key, full, v)?.to_string());
+                set("tls-skip-verify", get_bool(key, full, v)?.to_string(), full);
             }
-            "tls-server-name" => set("tls-server-name", v.to_owned()),
+            "tls-server-name" => set("tls-server-name", v.to_owned(), full),
             "ca-cert" => {
                 let file = v.strip_prefix("/vault/tls/");
                 match (file, &tls_secret) {
                     (Some(file), Some(secret)) if !file.contains('/') => {
-                        set("ca-cert", format!("secret:{secret}/{file}"));
+                        set("ca-cert", format!("secret:{secret}/{file}"), full);
                     }
                     _ => {
                         return Err(deny(
@@ -534,10 +586,10 @@ pub fn translate(
                     }
                 }
             }
-            "secret-volume-path" => set("mount-path", v.to_owned()),
-            "agent-inject-containers" => set("containers", v.to_owned()),
+            "secret-volume-path" => set("mount-path", v.to_owned(), full),
+            "agent-inject-containers" => set("containers", v.to_owned(), full),
             "agent-init-first" => {
-                set("init-first", get_bool(key, full, v)?.to_string());
+                set("init-first", get_bool(key, full, v)?.to_string(), full);
             }
             "agent-pre-populate" => {
                 if !get_bool(key, full, v)? {
@@ -548,7 +600,7 @@ pub fn translate(
             }
             "agent-pre-populate-only" => {
                 if get_bool(key, full, v)? {
-                    set("agent-mode", "init-only".to_owned());
+                    set("agent-mode", "init-only".to_owned(), full);
                 }
             }
             "agent-revoke-on-shutdown" => revoke = get_bool(key, full, v)?,
@@ -556,15 +608,15 @@ pub fn translate(
                 let secs: u64 = v
                     .parse()
                     .map_err(|_| deny(full, format!("{v:?} is not a number of seconds")))?;
-                set("revoke-delay", format!("{secs}s"));
+                set("revoke-delay", format!("{secs}s"), full);
             }
-            "template-static-secret-render-interval" => set("refresh", v.to_owned()),
-            "agent-limits-cpu" => set("agent-cpu-limit", v.to_owned()),
-            "agent-limits-mem" => set("agent-memory-limit", v.to_owned()),
-            "agent-requests-cpu" => set("agent-cpu-request", v.to_owned()),
-            "agent-requests-mem" => set("agent-memory-request", v.to_owned()),
-            "agent-run-as-user" => set("run-as-user", v.to_owned()),
-            "agent-run-as-group" => set("run-as-group", v.to_owned()),
+            "template-static-secret-render-interval" => set("refresh", v.to_owned(), full),
+            "agent-limits-cpu" => set("agent-cpu-limit", v.to_owned(), full),
+            "agent-limits-mem" => set("agent-memory-limit", v.to_owned(), full),
+            "agent-requests-cpu" => set("agent-cpu-request", v.to_owned(), full),
+            "agent-requests-mem" => set("agent-memory-request", v.to_owned(), full),
+            "agent-run-as-user" => set("run-as-user", v.to_owned(), full),
+            "agent-run-as-group" => set("run-as-group", v.to_owned(), full),
             "agent-cache-enable" => {
                 if get_bool(key, full, v)? {
                     return Err(deny(
@@ -586,7 +638,10 @@ pub fn translate(
 
     match auth_type.as_str() {
         "kubernetes" => {}
-        "jwt" => set("auth-method", "jwt".to_owned()),
+        "jwt" => {
+            let full = f.get("auth-type").map_or("", |(k, _)| k);
+            set("auth-method", "jwt".to_owned(), full);
+        }
         other => {
             let full = f.get("auth-type").map_or("auth-type", |(k, _)| k);
             return Err(deny(
@@ -605,13 +660,24 @@ pub fn translate(
         ));
     }
 
-    // The pod's own sidekey.dev/ annotations win.
+    // The pod's own sidekey.dev/ annotations win, and are named as themselves.
     for (k, v) in annotations {
         if k.starts_with(PREFIX) {
+            origins.remove(k);
             out.insert(k.clone(), v.clone());
         }
     }
-    Ok((out, warnings))
+    let only_openbao = !annotations.keys().any(|k| k.starts_with(VAULT_PREFIX));
+    Ok(Translation {
+        annotations: out,
+        warnings,
+        origins,
+        prefix: if only_openbao {
+            OPENBAO_PREFIX
+        } else {
+            VAULT_PREFIX
+        },
+    })
 }
 
 /// Signals a command may send, by the names and numbers `kill` accepts.
