@@ -958,9 +958,13 @@ impl Agent {
         let now = Instant::now();
         let accessor = self.token.as_ref().and_then(|t| t.accessor.clone());
         let s = &mut self.sources[index];
-        let (mut held, action, due) =
+        let (mut held, mut action, mut due) =
             Held::from_response(resp, now, s.refresh, accessor.clone(), schedule::jitter());
         held.kv_v2 = kv_v2;
+        if s.held.is_none() && held.kind == source::Kind::Static {
+            // Spread over the whole interval: see `schedule::first_refresh`.
+            (action, due) = schedule::first_refresh(now, s.refresh, schedule::spread());
+        }
         if held.kind.is_dynamic() {
             info!(
                 secret.path = %key.path,

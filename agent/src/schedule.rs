@@ -6,7 +6,9 @@
 //! and no credential is ever acted on after the rule's nominal point.
 //!
 //! - Static secrets (KV v1 and v2, any read without a lease): [`refresh`] every
-//!   interval.
+//!   interval, except the first re-read after a fetch from nothing, which
+//!   [`first_refresh`] places anywhere in the interval, so that pods started together
+//!   do not keep refreshing together.
 //! - Renewable leases and the agent's token: [`after_grant`] renews at 2/3 of the TTL
 //!   just granted. Once a renewal comes back shorter than asked (the max TTL is near), or
 //!   for a lease that is not renewable, the next action is to replace the credential
@@ -54,6 +56,23 @@ pub fn jitter() -> f64 {
 /// Next step for a static secret read at `now`.
 pub fn refresh(now: Instant, interval: Duration, jitter: f64) -> (Action, Instant) {
     (Action::Refresh, now + interval.mul_f64(1.0 - jitter))
+}
+
+/// A uniform draw in `[0, 1)` for [`first_refresh`].
+pub fn spread() -> f64 {
+    rand::random_range(0.0..1.0)
+}
+
+/// First re-read of a static secret first read at `now`, with a [`spread`] draw: at
+/// `interval * (1 - spread)`, so anywhere in `(0, interval]`.
+///
+/// Later refreshes follow at about one interval each, so this first offset is the
+/// pod's phase for good. A 0-10 % jitter would leave pods started together (a rollout)
+/// refreshing within a tenth of an interval of each other forever; only a draw over the
+/// whole interval makes their phases, and so Vault's load, even. The cost is at most
+/// one early read per source and pod.
+pub fn first_refresh(now: Instant, interval: Duration, spread: f64) -> (Action, Instant) {
+    refresh(now, interval, spread)
 }
 
 /// How long before expiry a credential whose normal TTL is `ttl` is replaced.
@@ -239,6 +258,43 @@ mod tests {
             (Action::Reissue, now + S(2400))
         );
         assert_eq!(refresh(now, S(10), 0.1), (Action::Refresh, now + S(9)));
+    }
+
+    #[test]
+    fn the_first_refresh_falls_anywhere_in_one_interval_and_never_at_once() {
+        let now = Instant::now();
+        assert_eq!(
+            first_refresh(now, S(60), 0.0),
+            (Action::Refresh, now + S(60))
+        );
+        assert_eq!(
+            first_refresh(now, S(60), 0.75),
+            (Action::Refresh, now + S(15))
+        );
+        let (_, at) = first_refresh(now, S(60), 0.999_999);
+        assert!(
+            at > now && at < now + Duration::from_millis(1),
+            "{:?}",
+            at - now
+        );
+    }
+
+    #[test]
+    fn first_refreshes_of_many_pods_cover_every_tenth_of_the_interval() {
+        // 1,000 pods started at the same instant: each tenth of the interval gets some
+        // of their first refreshes (a 0-10 % jitter would put them all in the last
+        // tenth). The chance that a fair draw leaves a tenth empty is about 1e-44.
+        let now = Instant::now();
+        let interval = S(100);
+        let mut tenths = [0usize; 10];
+        for _ in 0..1000 {
+            let (_, at) = first_refresh(now, interval, spread());
+            let offset = at - now;
+            assert!(offset > Duration::ZERO && offset <= interval, "{offset:?}");
+            let tenth = ((offset.as_secs_f64() / 10.0) as usize).min(9);
+            tenths[tenth] += 1;
+        }
+        assert!(tenths.iter().all(|&n| n > 0), "{tenths:?}");
     }
 
     #[test]
