@@ -388,6 +388,36 @@ fn targets(
 /// pod would otherwise be rejected by the API server with a message about a duplicate
 /// volume that the user never wrote, or would silently shadow the secrets.
 fn check_collisions(spec: &Map<String, Value>, plan: &Plan<'_>) -> Result<(), String> {
+    // The agent's metrics listener shares the pod's network namespace: a port a
+    // container already declares would fail one of the two binds at run time.
+    if let Some(port) = plan.config.metrics_port {
+        let groups = [
+            ("container", plan.containers),
+            ("init container", plan.init_containers),
+        ];
+        for (kind, group) in groups {
+            for container in group {
+                let ports = container.get("ports").and_then(Value::as_array);
+                let taken = ports
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|p| {
+                        p.get("containerPort").and_then(Value::as_u64) == Some(u64::from(port))
+                    });
+                if taken {
+                    return Err(format!(
+                        "annotation \"{}{}\": {kind} {:?} already declares containerPort \
+                         {port}; choose a port no container of the pod uses",
+                        annotations::PREFIX,
+                        annotations::METRICS_PORT,
+                        name_of(container)
+                    ));
+                }
+            }
+        }
+    }
+
     let reserved = RESERVED_VOLUMES.join(", ");
     for volume in list(spec, "volumes")?.unwrap_or_default() {
         let name = name_of(volume);
@@ -826,6 +856,29 @@ mod tests {
             .as_array()
             .and_then(|l| l.iter().find(|e| e["name"] == name))
             .unwrap_or_else(|| panic!("no env {name}"))
+    }
+
+    #[test]
+    fn a_metrics_port_a_container_already_declares_is_denied_naming_both() {
+        for list in ["containers", "initContainers"] {
+            let mut pod = annotated(&[("metrics-port", "9102")]);
+            pod["spec"][list] = json!([{
+                "name": "web",
+                "image": "nginx",
+                "ports": [{ "containerPort": 8080 }, { "containerPort": 9102 }],
+            }]);
+            if list == "initContainers" {
+                pod["spec"]["containers"] = json!([{ "name": "app", "image": "nginx" }]);
+            }
+            let message = denial(&pod);
+            assert!(message.contains("sidekey.dev/metrics-port"), "{message}");
+            assert!(message.contains("\"web\""), "{message}");
+            assert!(message.contains("9102"), "{message}");
+        }
+        // Another port is fine.
+        let mut pod = annotated(&[("metrics-port", "9103")]);
+        pod["spec"]["containers"][0]["ports"] = json!([{ "containerPort": 9102 }]);
+        patch_of(&pod);
     }
 
     #[test]
