@@ -18,11 +18,11 @@ use crate::env::{self, AUTH_MOUNT, Env, kv_api_path};
 use crate::sys;
 
 /// Namespace and service account both agents log in as.
-const NAMESPACE: &str = "bench";
+pub const NAMESPACE: &str = "bench";
 const SERVICE_ACCOUNT: &str = "app-sa";
 /// The dynamic credential's TTLs: long enough that nothing but a refresh bug would
 /// issue a second one during a run.
-const DB_TTLS: Ttls = Ttls {
+pub const DB_TTLS: Ttls = Ttls {
     default: 600,
     max: 3600,
 };
@@ -108,15 +108,7 @@ pub fn run(env: &Env, agent: Agent, plan: &Plan, agent_bin: &Path) -> Result<Mea
     let dir = tempfile::Builder::new()
         .prefix(&format!("sidekey-bench-{role}-"))
         .tempdir()?;
-    let secrets_dir = dir.path().join("secrets");
-    std::fs::create_dir_all(&secrets_dir)?;
-    let jwt_path = dir.path().join("sa-token");
-    std::fs::write(&jwt_path, env.jwt(NAMESPACE, SERVICE_ACCOUNT)?)?;
-
-    let mut files: Vec<PathBuf> = (0..plan.secrets)
-        .map(|i| secrets_dir.join(format!("kv-{i}.json")))
-        .collect();
-    files.push(secrets_dir.join("db.json"));
+    let (jwt_path, files) = prepare(env, plan, dir.path())?;
     let creds = db.creds_path();
 
     let command = || match agent {
@@ -272,9 +264,23 @@ pub fn run(env: &Env, agent: Agent, plan: &Plan, agent_bin: &Path) -> Result<Mea
     })
 }
 
+/// Writes the service-account token into `dir` and creates its secrets directory;
+/// returns the token's path and the files the agent must render.
+pub fn prepare(env: &Env, plan: &Plan, dir: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let secrets_dir = dir.join("secrets");
+    std::fs::create_dir_all(&secrets_dir)?;
+    let jwt_path = dir.join("sa-token");
+    std::fs::write(&jwt_path, env.jwt(NAMESPACE, SERVICE_ACCOUNT)?)?;
+    let mut files: Vec<PathBuf> = (0..plan.secrets)
+        .map(|i| secrets_dir.join(format!("kv-{i}.json")))
+        .collect();
+    files.push(secrets_dir.join("db.json"));
+    Ok((jwt_path, files))
+}
+
 /// Spawns `cmd` and waits (polling every 2 ms, at most 30 s) until every file exists
 /// and is not empty.
-fn start_until_rendered(
+pub fn start_until_rendered(
     agent: Agent,
     cmd: Command,
     dir: &Path,
@@ -307,7 +313,7 @@ fn base_env(cmd: &mut Command, home: &Path) {
         .env("HOME", home);
 }
 
-fn sidekey_command(
+pub fn sidekey_command(
     env: &Env,
     agent_bin: &Path,
     plan: &Plan,

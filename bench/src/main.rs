@@ -8,6 +8,7 @@ mod compare;
 mod env;
 mod fleet;
 mod report;
+mod soak;
 mod sys;
 mod webhook;
 
@@ -45,6 +46,18 @@ enum What {
         #[arg(long)]
         agents: Option<usize>,
     },
+    /// One Sidekey sidecar for minutes: OpenBao requests by class, and leftovers.
+    Soak {
+        /// KV v2 secrets (plus one PostgreSQL credential).
+        #[arg(long, default_value_t = 20)]
+        secrets: usize,
+        /// How long the agent runs before SIGTERM.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Refresh interval of the static secrets (default: the agent's, 5m).
+        #[arg(long, value_parser = sidekey_agent::contract::duration::parse)]
+        refresh: Option<Duration>,
+    },
     /// (internal) The baseline server of the webhook load test.
     #[command(hide = true)]
     BaselineServer {
@@ -64,13 +77,35 @@ fn main() -> Result<()> {
     }
     sidekey_tests::rt::install_crypto();
     let bins = bin_dir()?;
+    if let What::Soak {
+        secrets,
+        minutes,
+        refresh,
+    } = &cli.what
+    {
+        let soak = soak::Soak {
+            secrets: *secrets,
+            minutes: *minutes,
+            refresh: refresh.unwrap_or(Duration::from_secs(
+                sidekey_agent::contract::config::DEFAULT_REFRESH_SECS,
+            )),
+        };
+        let env = env::Env::start(soak.secrets)?;
+        eprintln!("bench: one Sidekey sidecar, {soak:?} ...");
+        let md = soak::run(&env, &soak, &bins.join("sidekey-agent"))?;
+        println!("{md}");
+        if let Some(out) = &cli.out {
+            std::fs::write(out, &md).with_context(|| format!("writing {}", out.display()))?;
+        }
+        return Ok(());
+    }
     let mut report = report::Report::new(cli.smoke);
     let (agents, web, fleet_n) = match &cli.what {
         What::All => (true, true, Some(None)),
         What::Agents => (true, false, None),
         What::Webhook => (false, true, None),
         What::Fleet { agents } => (false, false, Some(*agents)),
-        What::BaselineServer { .. } => unreachable!("handled above"),
+        What::BaselineServer { .. } | What::Soak { .. } => unreachable!("handled above"),
     };
     if web {
         report.webhook = Some(webhook::run(&bins, cli.smoke)?);
