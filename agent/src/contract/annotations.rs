@@ -1530,7 +1530,19 @@ const SIGNALS: &[&str] = &[
 fn parse_notify(key: &str, value: &str) -> Result<Notify, AnnotationError> {
     let v = value.trim();
     if let Some(rest) = v.strip_prefix("http://") {
-        let authority = rest.split('/').next().unwrap_or("");
+        // Userinfo first: `admin:pw@localhost:8080` would otherwise be read as host
+        // `admin` and port `pw@localhost:8080`, echoing the password.
+        if config::has_userinfo(v) {
+            return Err(err(
+                key,
+                format!(
+                    "{:?} must not carry credentials (user@host); the agent POSTs to the \
+                     pod's own loopback without them",
+                    config::redact_url(v)
+                ),
+            ));
+        }
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
         let host = match authority.rsplit_once(':') {
             Some((h, port)) if !h.ends_with(']') || h.starts_with('[') => {
                 if port.parse::<u16>().is_err() {
@@ -2280,6 +2292,22 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "vault.hashicorp.com/agent-inject-token");
+    }
+
+    #[test]
+    fn a_notify_url_with_credentials_is_refused_without_echoing_them() {
+        for bad in [
+            "http://admin:hunter2@localhost:8080/reload",
+            "http://hunter2@localhost/reload",
+            "http://localhost:99999?token=hunter2",
+            "http://example.com?token=hunter2",
+        ] {
+            let e = parse_notify("notify-db", bad).unwrap_err();
+            assert!(!e.to_string().contains("hunter2"), "{bad}: {e}");
+        }
+        let e =
+            parse_notify("notify-db", "http://admin:hunter2@localhost:8080/reload").unwrap_err();
+        assert!(e.problem.contains("must not carry credentials"), "{e}");
     }
 
     #[test]

@@ -371,32 +371,66 @@ pub fn file_under_file<'a>(files: impl IntoIterator<Item = &'a str>) -> Option<(
 /// without a trailing slash, or why not (never echoing user info).
 pub fn check_vault_addr(raw: &str) -> Result<String, String> {
     let addr = raw.trim().trim_end_matches('/');
+    // Messages quote the address without userinfo, query or fragment: a token or
+    // password put there by mistake must not reach a denial or a log.
+    let shown = redact_url(raw);
+    if has_userinfo(addr) {
+        return Err(format!(
+            "{shown:?}: the URL must not carry credentials (user@host)"
+        ));
+    }
     let rest = addr
         .strip_prefix("https://")
         .or_else(|| addr.strip_prefix("http://"))
         .ok_or_else(|| {
-            format!("{raw:?} is not an http:// or https:// URL, e.g. https://vault.vault.svc:8200")
+            format!(
+                "{shown:?} is not an http:// or https:// URL, e.g. https://vault.vault.svc:8200"
+            )
         })?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.contains('@') {
-        return Err("the URL must not carry credentials (user@host)".to_owned());
-    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.is_empty() || authority.starts_with(':') {
-        return Err(format!("{raw:?} has no host"));
+        return Err(format!("{shown:?} has no host"));
     }
-    if addr
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
-    {
-        return Err(format!("{raw:?} contains whitespace, '?' or '#'"));
+    if addr.contains(['?', '#']) {
+        return Err(format!(
+            "{shown:?} is followed by a query or fragment ('?' or '#'); a Vault address has none"
+        ));
+    }
+    if addr.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{shown:?} contains whitespace"));
     }
     if let Some((_, port)) = authority.rsplit_once(':')
         && !authority.ends_with(']')
         && port.parse::<u16>().is_err()
     {
-        return Err(format!("{raw:?} has an invalid port"));
+        return Err(format!("{shown:?} has an invalid port"));
     }
     Ok(addr.to_owned())
+}
+
+/// Whether the authority of `url` (the part after `scheme://`, or the start when
+/// there is no scheme, up to the first `/`, `?` or `#`) carries `user@` or
+/// `user:password@`.
+pub fn has_userinfo(url: &str) -> bool {
+    let url = url.trim();
+    let rest = url.find("://").map_or(url, |i| &url[i + 3..]);
+    rest.split(['/', '?', '#'])
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
+}
+
+/// `url` as it may be quoted in a message or log: userinfo replaced by `***@`, query
+/// and fragment dropped, so credentials written into a URL by mistake (an annotation
+/// or a flag) are never echoed back.
+pub fn redact_url(url: &str) -> String {
+    let url = url.trim();
+    let url = &url[..url.find(['?', '#']).unwrap_or(url.len())];
+    let (scheme, rest) = url.find("://").map_or(("", url), |i| url.split_at(i + 3));
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}***@{}{path}", &authority[at + 1..]),
+        None => format!("{scheme}{authority}{path}"),
+    }
 }
 
 /// Checks that `file` is a relative path that stays inside the directory it is joined
@@ -566,5 +600,41 @@ mod tests {
             let e = check_vault_addr(bad).unwrap_err();
             assert!(!e.contains("hunter2"), "{e}");
         }
+    }
+
+    #[test]
+    fn credentials_in_a_refused_vault_address_are_never_echoed() {
+        for bad in [
+            "ftp://admin:hunter2@vault",
+            "https://vault?token=hunter2",
+            "https://vault#hunter2",
+            "admin:hunter2@vault:8200",
+            "https://admin:hunter2@vault/x y",
+        ] {
+            let e = check_vault_addr(bad).unwrap_err();
+            assert!(!e.contains("hunter2"), "{bad}: {e}");
+            assert!(e.contains("vault"), "the message still names the host: {e}");
+        }
+        let e = check_vault_addr("ftp://admin:hunter2@vault").unwrap_err();
+        assert!(e.contains("credentials"), "{e}");
+    }
+
+    #[test]
+    fn redaction_drops_userinfo_query_and_fragment_only() {
+        for (raw, shown) in [
+            ("ftp://admin:hunter2@vault", "ftp://***@vault"),
+            ("https://vault:8200?token=hunter2", "https://vault:8200"),
+            (
+                "http://admin:hunter2@localhost:8080/reload#x",
+                "http://***@localhost:8080/reload",
+            ),
+            ("https://a@b@vault/p@q", "https://***@vault/p@q"),
+            ("user:pw@host", "***@host"),
+            ("https://vault:8200/v1", "https://vault:8200/v1"),
+        ] {
+            assert_eq!(redact_url(raw), shown, "{raw}");
+        }
+        assert!(has_userinfo("http://a:b@localhost"));
+        assert!(!has_userinfo("http://localhost/a@b"));
     }
 }
