@@ -58,7 +58,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::contract::config::Notify;
+use crate::contract::config::{Notify, redact_url};
 
 /// Request header naming the secret whose file changed, on HTTP notifications.
 pub const SECRET_HEADER: &str = "X-Sidekey-Secret";
@@ -264,16 +264,19 @@ impl Notifier {
 
     async fn post(&self, secret_name: &str, url: &str) -> Result<()> {
         check_loopback_url(url)?;
+        // Errors and logs quote the URL without its query or fragment, which could
+        // carry a token the app expects.
+        let shown = redact_url(url);
         let send_error = |source: reqwest::Error| {
             if source.is_timeout() {
                 Error::HttpTimeout {
-                    url: url.to_owned(),
+                    url: shown.clone(),
                     timeout: self.http_timeout,
                 }
             } else {
                 Error::HttpSend {
-                    url: url.to_owned(),
-                    source,
+                    url: shown.clone(),
+                    source: source.without_url(),
                 }
             }
         };
@@ -301,7 +304,7 @@ impl Notifier {
             body.truncate(BODY_LOG_CAP);
             tracing::debug!(
                 secret.name = secret_name,
-                %url,
+                url = %shown,
                 %status,
                 body = %String::from_utf8_lossy(&body),
                 "notify response"
@@ -311,10 +314,7 @@ impl Notifier {
         if status.is_success() {
             Ok(())
         } else {
-            Err(Error::HttpStatus {
-                url: url.to_owned(),
-                status,
-            })
+            Err(Error::HttpStatus { url: shown, status })
         }
     }
 
@@ -430,10 +430,10 @@ async fn drain_capped<R: AsyncRead + Unpin>(reader: Option<R>, kept: &mut Vec<u8
 /// Checks again what the webhook checked: the configuration may have been edited by hand.
 fn check_loopback_url(url: &str) -> Result<()> {
     let refuse = || Error::HttpUrl {
-        url: url.to_owned(),
+        url: redact_url(url),
     };
     let parsed = reqwest::Url::parse(url).map_err(|_| refuse())?;
-    if parsed.scheme() != "http" {
+    if parsed.scheme() != "http" || !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(refuse());
     }
     let host = parsed.host_str().ok_or_else(refuse)?;
@@ -838,9 +838,12 @@ mod tests {
             "http://localhost.example.com/",
             "file:///etc/passwd",
             "not a url",
+            "http://admin:hunter2@localhost:8080/reload",
+            "http://example.com/reload?token=hunter2",
         ] {
             let err = check_loopback_url(bad).unwrap_err();
             assert!(matches!(err, Error::HttpUrl { .. }), "{bad}: {err}");
+            assert!(!err.to_string().contains("hunter2"), "{bad}: {err}");
         }
     }
 
