@@ -11,7 +11,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -147,6 +148,10 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// Open connections beyond this are closed at once.
     pub max_connections: usize,
+    /// A connection with no request for this long is closed, so clients that connect
+    /// and then say nothing cannot hold all [`ServeOptions::max_connections`] slots.
+    /// (hyper's HTTP/1 header timeout only starts once bytes arrive.)
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -155,6 +160,7 @@ impl Default for ServeOptions {
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -172,7 +178,13 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A timer turns on hyper's HTTP/1 header read timeout (30 s) and HTTP/2 keep-alive.
     builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    // HTTP/2 pings find peers that vanished without closing; the idle watchdog of
+    // each connection closes those that stay but send no request.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(options.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -204,6 +216,7 @@ pub async fn serve(
                     app: app.clone(),
                     stop: stop_rx.clone(),
                     handshake_timeout: options.handshake_timeout,
+                    idle_timeout: options.idle_timeout,
                 };
                 let span = tracing::debug_span!("connection", %peer);
                 connections.spawn(
@@ -244,6 +257,62 @@ struct Connection {
     app: Router,
     stop: watch::Receiver<bool>,
     handshake_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// Requests of one connection: how many are in flight and when one last began or
+/// ended (the connection's start before the first).
+struct Activity {
+    in_flight: AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn touch(&self) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+
+    fn last(&self) -> Instant {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks a request in flight until the guard drops.
+    fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.touch();
+        RequestGuard(Arc::clone(self))
+    }
+
+    /// Completes once no request has been in flight for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            if self.in_flight.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(timeout).await;
+                continue;
+            }
+            let deadline = self.last() + timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.touch();
+    }
 }
 
 impl Connection {
@@ -263,23 +332,47 @@ impl Connection {
             }
         };
 
-        let service = TowerToHyperService::new(self.app);
+        let activity = Arc::new(Activity::new());
+        let inner = TowerToHyperService::new(self.app);
+        let tracked = Arc::clone(&activity);
+        let service = hyper::service::service_fn(move |request| {
+            let guard = tracked.begin();
+            let response = hyper::service::Service::call(&inner, request);
+            async move {
+                let response = response.await;
+                drop(guard);
+                response
+            }
+        });
         let conn = self.builder.serve_connection(TokioIo::new(tls), service);
         tokio::pin!(conn);
         let stop = async {
             // An error means the sender is gone, which also means stop.
             let _ = self.stop.wait_for(|stop| *stop).await;
         };
+        let idle_timeout = self.idle_timeout;
         let finished = tokio::select! {
             result = conn.as_mut() => Some(result),
             () = stop => None,
+            () = activity.idle_for(idle_timeout) => {
+                tracing::debug!(timeout = ?idle_timeout, "closing an idle connection");
+                None
+            }
         };
         let result = match finished {
             Some(result) => result,
             None => {
-                // Finishes in-flight requests, then closes (HTTP/2 GOAWAY).
+                // Finishes in-flight requests, then closes (HTTP/2 GOAWAY). Bounded:
+                // a peer that never reads must not keep the slot (serve's drain
+                // timeout also bounds this at shutdown).
                 conn.as_mut().graceful_shutdown();
-                conn.await
+                match tokio::time::timeout(idle_timeout.max(Duration::from_secs(10)), conn).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::debug!("connection did not close in time; dropping it");
+                        return;
+                    }
+                }
             }
         };
         if let Err(error) = result {

@@ -217,3 +217,33 @@ async fn a_client_that_never_finishes_the_handshake_is_dropped() {
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     running.shut_down().await;
 }
+
+#[tokio::test]
+async fn a_client_that_handshakes_and_then_says_nothing_is_closed() {
+    let options = ServeOptions {
+        idle_timeout: Duration::from_millis(300),
+        ..ServeOptions::default()
+    };
+    let running = start(options).await;
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut tls = tls_connect(&running, &[alpn]).await;
+        // HTTP/2 servers speak first (SETTINGS, then GOAWAY when closing); read
+        // until the close, an end of stream or a reset both count.
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut buf)).await;
+        assert!(
+            closed.is_ok(),
+            "the server keeps an idle {} connection open",
+            String::from_utf8_lossy(alpn)
+        );
+    }
+
+    // Requests on a kept-alive connection are still answered.
+    let client = client(&running);
+    let url = format!("https://localhost:{}/healthz", running.addr.port());
+    for _ in 0..2 {
+        let status = client.get(&url).send().await.expect("healthz").status();
+        assert_eq!(status, 200);
+    }
+    running.shut_down().await;
+}
