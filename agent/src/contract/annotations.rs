@@ -1313,7 +1313,16 @@ fn is_dns_label(s: &str) -> bool {
 fn parse_ca_source(key: &str, value: &str) -> Result<CaSource, AnnotationError> {
     let v = value.trim();
     let usage = "use secret:<secret name>/<key> or configmap:<configmap name>/<key>";
-    let (kind, rest) = v.split_once(':').ok_or_else(|| err(key, usage))?;
+    // The kind first: `file:/etc/ca.pem` is a wrong kind, not a Secret named "".
+    let (kind, rest) = v
+        .split_once(':')
+        .ok_or_else(|| err(key, format!("{v:?} names no Secret or ConfigMap; {usage}")))?;
+    if !matches!(kind, "secret" | "configmap") {
+        return Err(err(
+            key,
+            format!("{kind:?} is not secret or configmap; {usage}"),
+        ));
+    }
     let (name, item) = rest.split_once('/').ok_or_else(|| err(key, usage))?;
     if !is_dns_subdomain(name) {
         return Err(err(
@@ -1336,10 +1345,10 @@ fn parse_ca_source(key: &str, value: &str) -> Result<CaSource, AnnotationError> 
         ));
     }
     let (name, item) = (name.to_owned(), item.to_owned());
-    match kind {
-        "secret" => Ok(CaSource::Secret { name, key: item }),
-        "configmap" => Ok(CaSource::ConfigMap { name, key: item }),
-        _ => Err(err(key, usage)),
+    if kind == "secret" {
+        Ok(CaSource::Secret { name, key: item })
+    } else {
+        Ok(CaSource::ConfigMap { name, key: item })
     }
 }
 
@@ -2308,6 +2317,28 @@ mod tests {
         let e =
             parse_notify("notify-db", "http://admin:hunter2@localhost:8080/reload").unwrap_err();
         assert!(e.problem.contains("must not carry credentials"), "{e}");
+    }
+
+    #[test]
+    fn a_ca_cert_of_another_kind_is_told_the_accepted_forms() {
+        for (value, kind) in [
+            ("file:/etc/ca.pem", "\"file\""),
+            ("https://ca.example/ca.pem", "\"https\""),
+            ("Secret:tls/ca.crt", "\"Secret\""),
+        ] {
+            let e = parse_ca_source(CA_CERT, value).unwrap_err();
+            assert!(e.problem.contains(kind), "{value}: {e}");
+            assert!(
+                e.problem.contains("secret:<secret name>/<key>")
+                    && e.problem.contains("configmap:<configmap name>/<key>"),
+                "{value}: {e}"
+            );
+            assert!(!e.problem.contains("\"\""), "{value}: {e}");
+        }
+        assert!(matches!(
+            parse_ca_source(CA_CERT, "configmap:ca/ca.crt"),
+            Ok(CaSource::ConfigMap { .. })
+        ));
     }
 
     #[test]
