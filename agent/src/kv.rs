@@ -117,18 +117,29 @@ impl Resolver {
         path: &str,
     ) -> vault::Result<(SecretResponse, bool)> {
         let plan = self.plan(client, path).await?;
-        let api_path = match &plan {
-            Plan::KvV2 { api_path } => api_path.as_str(),
-            Plan::Plain | Plan::Guess => path.trim_matches('/'),
-        };
-        let resp = client.read(api_path).await?;
-        let unwrap = match plan {
-            Plan::KvV2 { .. } => true,
-            Plan::Guess => looks_like_kv_v2(resp.data.expose()),
-            Plan::Plain => false,
-        };
-        Ok((resp, unwrap))
+        read_planned(client, path, plan).await
     }
+}
+
+/// Reads the secret at the user's `path` as `plan` (from [`Resolver::plan`]) says, like
+/// [`Resolver::read_whole`]. Needs no resolver, so reads of several paths, once planned,
+/// can be in flight together.
+pub async fn read_planned(
+    client: &Client,
+    path: &str,
+    plan: Plan,
+) -> vault::Result<(SecretResponse, bool)> {
+    let api_path = match &plan {
+        Plan::KvV2 { api_path } => api_path.as_str(),
+        Plan::Plain | Plan::Guess => path.trim_matches('/'),
+    };
+    let resp = client.read(api_path).await?;
+    let unwrap = match plan {
+        Plan::KvV2 { .. } => true,
+        Plan::Guess => looks_like_kv_v2(resp.data.expose()),
+        Plan::Plain => false,
+    };
+    Ok((resp, unwrap))
 }
 
 /// The secret's own key/value map of a whole KV v2 response (`data.data`), never the

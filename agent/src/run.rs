@@ -9,7 +9,9 @@
 //!   its token, so no credential outlives it.
 //! - [`sidecar`]: adopt the same state (one login and one credential per dynamic secret
 //!   per pod), then run one scheduler loop over the token and every distinct source,
-//!   sleeping until the earliest due action (rules in [`schedule`]). On SIGTERM it waits
+//!   sleeping until the earliest due action (rules in [`schedule`]); sources due
+//!   together (every one at start) are fetched concurrently, up to
+//!   [`FETCH_CONCURRENCY`] at a time. On SIGTERM it waits
 //!   `revoke_delay_secs`, revokes its token (which revokes every lease the token
 //!   created) and any token it replaced, within [`REVOKE_TIMEOUT`], and returns.
 //!
@@ -26,6 +28,7 @@
 
 use std::{collections::BTreeMap, future::Future, path::PathBuf, sync::Arc, time::Duration};
 
+use futures_util::{StreamExt, stream};
 use secrecy::SecretString;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tracing::{debug, error, info, warn};
@@ -49,6 +52,10 @@ pub use crate::schedule::Backoff;
 pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long notifications in flight at shutdown may take to end.
 const NOTIFY_GRACE: Duration = Duration::from_secs(1);
+/// Most requests for secrets in flight at once, when several sources are due together
+/// (every one at start): start-up takes a few round trips instead of one per source,
+/// without a pod with many secrets flooding Vault.
+pub const FETCH_CONCURRENCY: usize = 8;
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -916,45 +923,115 @@ impl Agent {
         }
     }
 
-    /// Fetches source `index` afresh (read, or write with parameters), renders its
-    /// secrets and schedules the old credential's revocation.
-    async fn fetch(&mut self, index: usize) -> Result<()> {
-        let key = self.sources[index].key.clone();
-        let first = self.sources[index].secrets[0];
-        self.doing = format!(
-            "reading secret {:?} at {}",
-            self.config.secrets[first].name, key.path
-        );
-        let result = if key.params.is_empty() {
-            self.kv.read_whole(&self.client, &key.path).await
-        } else {
-            self.client
-                .write(&key.path, &key.params)
-                .await
-                .map(|r| (r, false))
+    /// Fetches the sources `indices` afresh (read, or write with parameters), with at
+    /// most [`FETCH_CONCURRENCY`] requests in flight, keeps what came back, saves the
+    /// state, renders, and schedules the revocation of replaced credentials. Returns
+    /// the outcome of each source, in the order of `indices`; one failing does not keep
+    /// the others from being fetched and written.
+    async fn fetch_all(&mut self, indices: &[usize]) -> Vec<(usize, Result<()>)> {
+        let mut outcomes = Vec::with_capacity(indices.len());
+        let Some(&first) = indices.first() else {
+            return outcomes;
         };
-        let (resp, kv_v2) = result.map_err(|source| {
-            let (name, path) = (self.config.secrets[first].name.clone(), key.path.clone());
-            match source {
-                vault::Error::NotFound { .. } => Error::NotFound {
-                    name,
-                    path,
-                    source: source.into(),
-                },
-                vault::Error::Forbidden { .. } => Error::Forbidden {
-                    name,
-                    path,
-                    role: self.config.auth.role.clone(),
-                    source: source.into(),
-                },
-                source => Error::Read {
-                    name,
-                    path,
-                    source: source.into(),
-                },
-            }
-        })?;
+        let spec = &self.config.secrets[self.sources[first].secrets[0]];
+        self.doing = match indices.len() {
+            1 => format!(
+                "reading secret {:?} at {}",
+                spec.name, self.sources[first].key.path
+            ),
+            n => format!(
+                "reading {n} Vault paths, among them secret {:?} at {}",
+                spec.name, self.sources[first].key.path
+            ),
+        };
 
+        // Mounts first, one after the other: the resolver asks Vault once per mount,
+        // so the reads that follow know their API path without asking again.
+        let mut requests = Vec::with_capacity(indices.len());
+        for &index in indices {
+            let key = self.sources[index].key.clone();
+            if !key.params.is_empty() {
+                requests.push((index, key, None));
+                continue;
+            }
+            match self.kv.plan(&self.client, &key.path).await {
+                Ok(plan) => requests.push((index, key, Some(plan))),
+                Err(e) => outcomes.push((index, Err(self.fetch_error(index, e)))),
+            }
+        }
+
+        let client = &self.client;
+        let responses: Vec<_> = stream::iter(requests)
+            .map(|(index, key, plan)| async move {
+                let result = match plan {
+                    Some(plan) => kv::read_planned(client, &key.path, plan).await,
+                    None => client
+                        .write(&key.path, &key.params)
+                        .await
+                        .map(|r| (r, false)),
+                };
+                (index, result)
+            })
+            .buffer_unordered(FETCH_CONCURRENCY)
+            .collect()
+            .await;
+
+        let mut fetched = Vec::with_capacity(responses.len());
+        for (index, result) in responses {
+            match result {
+                Ok((resp, kv_v2)) => {
+                    self.keep(index, resp, kv_v2);
+                    fetched.push(index);
+                }
+                Err(e) => outcomes.push((index, Err(self.fetch_error(index, e)))),
+            }
+        }
+        // The new credentials go into the state before any file: an agent killed
+        // while writing leaves them to the next process to adopt, not to mint again.
+        if !fetched.is_empty() {
+            self.save_state();
+        }
+        fetched.sort_unstable();
+        for index in fetched {
+            let first = self.sources[index].secrets[0];
+            failpoint::hit("after-fetch", &self.config.secrets[first].file);
+            outcomes.push((index, self.render(index)));
+        }
+        outcomes.sort_by_key(|(index, _)| indices.iter().position(|i| i == index));
+        outcomes
+    }
+
+    /// What a failed fetch of source `index` means, named after its first secret.
+    fn fetch_error(&self, index: usize, source: vault::Error) -> Error {
+        let first = self.sources[index].secrets[0];
+        let (name, path) = (
+            self.config.secrets[first].name.clone(),
+            self.sources[index].key.path.clone(),
+        );
+        match source {
+            vault::Error::NotFound { .. } => Error::NotFound {
+                name,
+                path,
+                source: source.into(),
+            },
+            vault::Error::Forbidden { .. } => Error::Forbidden {
+                name,
+                path,
+                role: self.config.auth.role.clone(),
+                source: source.into(),
+            },
+            source => Error::Read {
+                name,
+                path,
+                source: source.into(),
+            },
+        }
+    }
+
+    /// Makes `resp`, just fetched for source `index`, what the source holds and
+    /// schedules its next action; a replaced lease of the current token is revoked once
+    /// the app has switched, one of an older token goes with that token.
+    fn keep(&mut self, index: usize, resp: vault::SecretResponse, kv_v2: bool) {
         let now = Instant::now();
         let accessor = self.token.as_ref().and_then(|t| t.accessor.clone());
         let s = &mut self.sources[index];
@@ -967,7 +1044,7 @@ impl Agent {
         }
         if held.kind.is_dynamic() {
             info!(
-                secret.path = %key.path,
+                secret.path = %s.key.path,
                 lease.id = %held.lease_id,
                 lease.ttl_secs = held.ttl.as_secs(),
                 lease.renewable = held.renewable,
@@ -979,17 +1056,11 @@ impl Agent {
         let old = s.held.replace(held);
         s.action = action;
         s.due = due;
+        let path = s.key.path.clone();
         if old.as_ref().is_some_and(|h| h.kind.is_dynamic()) {
             self.each_secret(index, Metrics::reissued);
         }
         self.note_expiry(index);
-        // The new credential goes into the state before any file: an agent killed
-        // while writing leaves it to the next process to adopt, not to mint again.
-        self.save_state();
-        failpoint::hit("after-fetch", &self.config.secrets[first].file);
-
-        // A replaced lease of the current token is revoked once the app has switched;
-        // one of an older token goes with that token.
         if let Some(old) = old
             && old.kind.is_dynamic()
             && !old.lease_id.is_empty()
@@ -999,11 +1070,10 @@ impl Agent {
         {
             self.revocations.push(LeaseRevocation {
                 lease_id: old.lease_id,
-                path: key.path.clone(),
+                path,
                 at: now + grace,
             });
         }
-        self.render(index)
     }
 
     /// Renders every secret of source `index` from the data held, notifying the app of
@@ -1209,6 +1279,9 @@ impl Agent {
         }
         self.retry_unrendered();
 
+        // Renewals one by one; what must be fetched afresh (a refresh, a replacement, a
+        // renewal that failed for good) is fetched together.
+        let mut to_fetch = Vec::new();
         for index in 0..self.sources.len() {
             if self.sources[index].due > Instant::now() {
                 continue;
@@ -1219,7 +1292,11 @@ impl Agent {
                     continue;
                 }
             }
-            match self.fetch(index).await {
+            to_fetch.push(index);
+        }
+        let mut token_gone = false;
+        for (index, outcome) in self.fetch_all(&to_fetch).await {
+            match outcome {
                 Ok(()) => {
                     self.unrendered.remove(&index);
                     self.each_secret(index, Metrics::fresh);
@@ -1249,10 +1326,11 @@ impl Agent {
                 Err(e) => {
                     self.each_secret(index, Metrics::failed);
                     let forbidden = matches!(e, Error::Forbidden { .. });
-                    if forbidden && self.token_gone_after_forbidden().await {
+                    // One `lookup-self` tells for every 403 of the batch.
+                    if forbidden && (token_gone || self.token_gone_after_forbidden().await) {
+                        token_gone = true;
                         self.sources[index].due = Instant::now();
-                        self.save_state();
-                        return Instant::now();
+                        continue;
                     }
                     let s = &mut self.sources[index];
                     // Retry sooner than the refresh interval, but never busier than it
@@ -1277,6 +1355,11 @@ impl Agent {
                     s.due = Instant::now() + wait;
                 }
             }
+        }
+        if token_gone {
+            // Log in again at once; what the old token failed to read goes with it.
+            self.save_state();
+            return Instant::now();
         }
 
         self.revoke_due().await;
@@ -1479,14 +1562,19 @@ async fn init_round(agent: &mut Agent) -> Result<()> {
         agent.login().await?;
     }
     agent.discover()?;
-    // Templates add sources as they find them, so the list grows while it is walked;
-    // each template finds new ones at most `template::MAX_ROUNDS` times.
-    let mut index = 0;
-    while index < agent.sources.len() {
-        if agent.sources[index].held.is_none() {
-            agent.fetch(index).await?;
+    // Templates add sources as they render, so each pass fetches what is not held yet
+    // until nothing is left. Every pass either fails or leaves its sources held, and
+    // each template finds new ones at most `template::MAX_ROUNDS` times, so this ends.
+    loop {
+        let missing: Vec<usize> = (0..agent.sources.len())
+            .filter(|&i| agent.sources[i].held.is_none())
+            .collect();
+        if missing.is_empty() {
+            break;
         }
-        index += 1;
+        for (_, outcome) in agent.fetch_all(&missing).await {
+            outcome?;
+        }
     }
     agent.template_verdict()
 }

@@ -387,3 +387,96 @@ fn a_ca_file_and_tls_server_name_are_honoured_and_a_name_mismatch_is_named() {
         "a name mismatch is not retried: {took:?}"
     );
 }
+
+/// Seconds since midnight (UTC) of an audit entry's RFC 3339 `time`.
+fn audit_seconds(time: &str) -> f64 {
+    let clock = time.split('T').nth(1).unwrap().trim_end_matches('Z');
+    let mut parts = clock.split(':');
+    let h: f64 = parts.next().unwrap().parse().unwrap();
+    let m: f64 = parts.next().unwrap().parse().unwrap();
+    let s: f64 = parts.next().unwrap().parse().unwrap();
+    h * 3600.0 + m * 60.0 + s
+}
+
+#[test]
+fn init_has_the_reads_of_several_secrets_in_flight_at_once() {
+    // Every answer from OpenBao is held for one `hold` by a proxy. Read one after the
+    // other, each read reaches OpenBao at least one `hold` after the one before; read
+    // together, they arrive within one `hold` of each other.
+    let hold = Duration::from_millis(200);
+    let bao = Bao::start();
+    let paths: Vec<String> = (0..8).map(|i| format!("secret/many{i}")).collect();
+    for path in &paths {
+        bao.ok(&["kv", "put", path, "k=v"]);
+    }
+    bao.ok_stdin(
+        &["policy", "write", "agent", "-"],
+        r#"path "secret/data/many*" { capabilities = ["read"] }"#,
+    );
+    let proxy = proxy::Proxy::in_front_of(&bao.addr);
+    proxy.set(proxy::Mode::Delay(hold));
+    let work = tempfile::tempdir().unwrap();
+    let secrets = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| secret(&format!("s{i}"), p, &format!("s{i}.json")))
+        .collect();
+    let mut config = bao.config(work.path(), secrets);
+    config.vault.addr = proxy.addr();
+
+    let mut cmd = agent("init", &config);
+    cmd.env("SIDEKEY_INIT_DEADLINE", "60s");
+    let (out, _) = run_bounded(cmd, Duration::from_secs(90));
+    let log = stderr(&out);
+    assert!(out.status.success(), "init failed:\n{log}");
+    for i in 0..8 {
+        let file = work.path().join(format!("secrets/s{i}.json"));
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "{\n  \"k\": \"v\"\n}\n"
+        );
+    }
+
+    // When each read reached OpenBao, relative to the first (wrapping at midnight).
+    let text = std::fs::read_to_string(bao.audit_path()).unwrap();
+    let mut arrivals: Vec<f64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["type"] == "request"
+                && v["request"]["operation"] == "read"
+                && v["request"]["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("secret/data/many"))
+        })
+        .map(|v| audit_seconds(v["time"].as_str().unwrap()))
+        .collect();
+    assert_eq!(arrivals.len(), 8, "one read per secret:\n{log}");
+    let first = arrivals[0];
+    for t in &mut arrivals {
+        *t = (*t - first + 43_200.0).rem_euclid(86_400.0) - 43_200.0;
+    }
+    arrivals.sort_by(f64::total_cmp);
+    // Reads that reached OpenBao within one `hold` of each other were in flight
+    // together: read in turn, no two could.
+    let together = (0..arrivals.len())
+        .map(|i| {
+            arrivals[i..]
+                .iter()
+                .take_while(|t| **t - arrivals[i] < hold.as_secs_f64())
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        together >= 4,
+        "at most {together} reads in flight together; arrivals (s): {arrivals:?}"
+    );
+    // And none waited for the others: all eight came within a few holds (new
+    // connections take a TLS handshake through the proxy), not one hold each.
+    let span = arrivals[7] - arrivals[0];
+    assert!(
+        span < 3.0 * hold.as_secs_f64(),
+        "the reads took {span:.3}s to arrive: {arrivals:?}"
+    );
+}
