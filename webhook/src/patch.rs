@@ -125,8 +125,29 @@ impl SkipReason {
 pub fn mutate(pod: &Value, settings: &PatchSettings) -> Decision {
     match decide(pod, settings) {
         Ok(decision) => decision,
-        Err(message) => Decision::Deny(message),
+        Err(message) => Decision::Deny(name_written_keys(pod, message)),
     }
+}
+
+/// A denial of a pod written for the Vault Agent Injector names the keys its author
+/// wrote: the checks here see the translated `sidekey.dev/` keys (e.g.
+/// `"sidekey.dev/containers"` for `vault.hashicorp.com/agent-inject-containers`).
+fn name_written_keys(pod: &Value, message: String) -> String {
+    let Ok(annotations) = string_map(pod.get("metadata"), "annotations") else {
+        return message;
+    };
+    if !compat::uses_foreign_prefix(&annotations) {
+        return message;
+    }
+    let Ok(translation) = compat::translate_with_origins(&annotations) else {
+        return message;
+    };
+    translation
+        .origins
+        .iter()
+        .fold(message, |m, (ours, theirs)| {
+            m.replace(&format!("{ours:?}"), &format!("{theirs:?}"))
+        })
 }
 
 /// Everything [`build_patch`] needs, resolved and checked.
@@ -856,6 +877,26 @@ mod tests {
             .as_array()
             .and_then(|l| l.iter().find(|e| e["name"] == name))
             .unwrap_or_else(|| panic!("no env {name}"))
+    }
+
+    #[test]
+    fn denials_of_a_translated_pod_name_the_vault_keys_it_was_written_with() {
+        let mut pod = pod();
+        pod["metadata"]["annotations"] = json!({
+            "vault.hashicorp.com/agent-inject": "true",
+            "vault.hashicorp.com/role": "app",
+            "vault.hashicorp.com/agent-inject-secret-db": "kv/db",
+            "vault.hashicorp.com/agent-inject-containers": "nope",
+        });
+        let message = denial(&pod);
+        assert!(
+            message.contains("\"vault.hashicorp.com/agent-inject-containers\""),
+            "{message}"
+        );
+        assert!(!message.contains("sidekey.dev/containers"), "{message}");
+        // A Sidekey pod keeps its own key.
+        let message = denial(&annotated(&[("containers", "nope")]));
+        assert!(message.contains("\"sidekey.dev/containers\""), "{message}");
     }
 
     #[test]
