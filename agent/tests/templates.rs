@@ -81,7 +81,11 @@ fn setup(bao: &Bao, work: &Path) -> String {
         "default_ttl=10m",
         "max_ttl=1h",
     ]);
-    let login = format!("sk_static_{}", std::process::id());
+    // One login per setup: the tests of this binary run in parallel against one
+    // PostgreSQL, and a shared role would be dropped under another test's feet.
+    static SETUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SETUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let login = format!("sk_static_{}_{n}", std::process::id());
     psql(&format!(
         "DROP ROLE IF EXISTS {login}; CREATE ROLE {login} LOGIN PASSWORD 'initial'"
     ));
