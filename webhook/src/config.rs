@@ -359,6 +359,15 @@ mod tests {
         let err =
             settings(&["--vault-addr", "https://user:hunter2@vault:8200"]).expect_err("refused");
         assert!(!err.to_string().contains("hunter2"), "{err}");
+        // Also when the scheme is wrong or the secret is in a query or fragment.
+        for addr in [
+            "ftp://admin:hunter2@vault",
+            "https://vault?token=hunter2",
+            "https://vault:8200/#hunter2",
+        ] {
+            let err = settings(&["--vault-addr", addr]).expect_err(addr);
+            assert!(!err.to_string().contains("hunter2"), "{addr}: {err}");
+        }
     }
 
     #[test]
