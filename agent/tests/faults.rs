@@ -102,6 +102,7 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        common::leak_log("agent.err", &self.log());
     }
 }
 
@@ -131,6 +132,7 @@ fn level_count(log: &str, needle: &str, level: &str) -> usize {
 /// Secrets that must never appear in a log: every token OpenBao issued, the JWT, and
 /// the given values.
 fn assert_no_leaks(bao: &Bao, log: &str, values: &[&str]) {
+    common::leak_values(values);
     for token in bao.issued_tokens() {
         assert!(!log.contains(&token), "a Vault token is in the log");
     }

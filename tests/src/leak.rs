@@ -4,7 +4,9 @@
 //!
 //! A failure names the kind of value and its length, never the value.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -53,6 +55,7 @@ impl Secrets {
     /// Adds one value (ignored when shorter than [`MIN_LEN`]).
     pub fn add(&mut self, what: &str, value: &str) {
         let value = value.trim();
+        suite_value(value);
         if value.len() >= MIN_LEN && !self.values.iter().any(|(_, v)| v.expose_secret() == value) {
             self.values
                 .push((what.to_owned(), SecretString::from(value.to_owned())));
@@ -138,6 +141,63 @@ impl Secrets {
         }
         Ok(())
     }
+}
+
+/// Environment variable naming the directory of the suite-wide leak scan (`make test`
+/// sets it; `scripts/leak-scan.sh` reads it afterwards). Unset, nothing is collected.
+pub const SUITE_DIR_ENV: &str = "SIDEKEY_LEAK_DIR";
+
+/// The suite-wide leak scan's directory, when one is set.
+pub fn suite_dir() -> Option<PathBuf> {
+    std::env::var_os(SUITE_DIR_ENV)
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Appends `value` to `<suite dir>/values`, one line each, for the suite-wide scan. A
+/// multi-line value (a PEM key) goes line by line, without its `-----` armour lines;
+/// lines shorter than [`MIN_LEN`] are skipped as the per-test check skips them.
+pub fn suite_value(value: &str) {
+    let Some(dir) = suite_dir() else { return };
+    let lines: String = value
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.len() >= MIN_LEN && !l.starts_with("-----"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if lines.is_empty() {
+        return;
+    }
+    // One append per call: O_APPEND keeps concurrent writers' lines whole.
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("values"))
+        .and_then(|mut f| f.write_all(lines.as_bytes()));
+}
+
+/// A fresh path in the suite directory for a log named `name`, unique across the test
+/// binaries and threads writing there at once.
+pub fn suite_log_path(name: &str) -> Option<PathBuf> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = suite_dir()?.join("logs");
+    std::fs::create_dir_all(&dir).ok()?;
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Some(dir.join(format!("{exe}-{}-{n}-{name}", std::process::id())))
 }
 
 #[cfg(test)]

@@ -20,6 +20,24 @@ const START_LIMIT: Duration = Duration::from_secs(30);
 /// How long one CLI command may take.
 const CLI_LIMIT: Duration = Duration::from_secs(20);
 
+/// Records for the suite-wide leak scan the values of credential keys in `v` (a body
+/// written or an answer read): by exact key name, so `token_policies` and the like stay
+/// out.
+fn suite_credentials(v: &serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Array(a) => a.iter().for_each(suite_credentials),
+        Value::Object(m) => m.iter().for_each(|(k, x)| match (k.as_str(), x) {
+            (
+                "password" | "jwt" | "client_token" | "private_key" | "secret_id",
+                Value::String(s),
+            ) => crate::leak::suite_value(s),
+            _ => suite_credentials(x),
+        }),
+        _ => {}
+    }
+}
+
 /// A running `bao server -dev -dev-tls`; killed on drop.
 #[derive(Debug)]
 pub struct OpenBao {
@@ -59,6 +77,8 @@ impl OpenBao {
             Some(p)
         })?;
         let root_token = format!("root-{}", crate::random_id(24));
+        // Not recorded for the suite-wide leak scan: `bao server -dev` prints the root
+        // token it was given in its own startup banner, by design of dev mode.
         let mut cmd = process::guarded(&bao);
         cmd.arg("server")
             .arg("-dev")
@@ -174,12 +194,19 @@ impl OpenBao {
 
     /// `bao write <path> -` with a JSON body.
     pub fn write_json(&self, path: &str, body: &serde_json::Value) -> Result<String> {
-        self.cli_with_stdin(&["write", path, "-"], Some(&body.to_string()))
+        // Passwords and JWTs sent, tokens received: secrets for the suite-wide leak scan.
+        suite_credentials(body);
+        let out = self.cli_with_stdin(&["write", path, "-"], Some(&body.to_string()))?;
+        if let Ok(answer) = serde_json::from_str(&out) {
+            suite_credentials(&answer);
+        }
+        Ok(out)
     }
 
     /// `bao kv put <path>` with `data` as the secret's keys (sent on stdin, so values
     /// never appear in a process list).
     pub fn kv_put(&self, path: &str, data: &serde_json::Value) -> Result<()> {
+        crate::leak::Secrets::new().add_all_values("a KV value", data);
         self.cli_with_stdin(&["kv", "put", path, "-"], Some(&data.to_string()))
             .map(|_| ())
     }

@@ -60,6 +60,9 @@ pub struct Process {
     stdout: PathBuf,
     stderr: PathBuf,
     status: Option<ExitStatus>,
+    /// Logs to copy into the suite-wide leak scan's directory when dropped (when a
+    /// hard link there could not be made at spawn).
+    leak_copies: Vec<(PathBuf, PathBuf)>,
 }
 
 impl std::fmt::Debug for Process {
@@ -81,12 +84,23 @@ impl Process {
         let err = File::create(&stderr).ctx(|| format!("creating {}", stderr.display()))?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = spawn_from_spawner(cmd).ctx(|| format!("starting {name}"))?;
+        // For the suite-wide leak scan: a hard link sees every line, even of servers in
+        // `static`s that are never dropped; a copy on drop is the fallback.
+        let mut leak_copies = Vec::new();
+        for (path, ext) in [(&stdout, "out"), (&stderr, "err")] {
+            if let Some(link) = crate::leak::suite_log_path(&format!("{name}.{ext}"))
+                && std::fs::hard_link(path, &link).is_err()
+            {
+                leak_copies.push((path.clone(), link));
+            }
+        }
         Ok(Process {
             name: name.to_owned(),
             child,
             stdout,
             stderr,
             status: None,
+            leak_copies,
         })
     }
 
@@ -167,6 +181,9 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
+        for (from, to) in &self.leak_copies {
+            let _ = std::fs::copy(from, to);
+        }
     }
 }
 

@@ -65,6 +65,7 @@ fn secret_values(data: &Value) -> Vec<String> {
 
 fn assert_no_leak(what: &str, text: &str, secrets: &[String]) {
     for s in secrets {
+        sidekey_tests::leak::suite_value(s);
         assert!(
             !text.contains(s.as_str()),
             "{what} contains a secret value or token (length {})",

@@ -155,7 +155,103 @@ impl Drop for Bao {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // For the suite-wide leak scan: the server's log, and every secret the raw audit
+        // log saw go in or out (KV values written and read, database passwords, private
+        // keys, client tokens, the JWTs of logins).
+        if leak_dir().is_some() {
+            let log = std::fs::read_to_string(self.dir.path().join("server.log"));
+            leak_log("openbao.log", &log.unwrap_or_default());
+            leak_values(audit_secrets(&self.audit_path()));
+        }
     }
+}
+
+/// The suite-wide leak scan's directory (`SIDEKEY_LEAK_DIR`, set by `make test`; see
+/// docs/faults.md, "Leaks"). Unset, nothing is collected.
+pub fn leak_dir() -> Option<PathBuf> {
+    std::env::var_os("SIDEKEY_LEAK_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Writes `text` (a process's log) under `<leak dir>/logs` with a name unique across
+/// test binaries and threads.
+pub fn leak_log(name: &str, text: &str) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(dir) = leak_dir().map(|d| d.join("logs")) else {
+        return;
+    };
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let _ = std::fs::create_dir_all(&dir).and_then(|()| {
+        std::fs::write(
+            dir.join(format!("{exe}-{}-{n}-{name}", std::process::id())),
+            text,
+        )
+    });
+}
+
+/// Appends secret values to `<leak dir>/values`, one line each (a PEM key line by line,
+/// without its armour; lines under 8 characters would match by chance and are skipped).
+pub fn leak_values<S: AsRef<str>>(values: impl IntoIterator<Item = S>) {
+    let Some(dir) = leak_dir() else { return };
+    let mut lines = String::new();
+    for v in values {
+        for l in v.as_ref().lines().map(str::trim) {
+            if l.len() >= 8 && !l.starts_with("-----") {
+                lines.push_str(l);
+                lines.push('\n');
+            }
+        }
+    }
+    // One append per call: O_APPEND keeps concurrent writers' lines whole.
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("values"))
+        .and_then(|mut f| f.write_all(lines.as_bytes()));
+}
+
+/// Every secret in a raw audit log: the data of writes and reads under a KV mount
+/// (`secret/`, `kv1/`), and anywhere the values of credential keys (`password`,
+/// `private_key`, `client_token`, `jwt`, `secret_id`).
+pub fn audit_secrets(audit: &Path) -> Vec<String> {
+    fn walk(v: &Value, all: bool, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) if all => out.push(s.clone()),
+            Value::Array(a) => a.iter().for_each(|x| walk(x, all, out)),
+            Value::Object(m) => m.iter().for_each(|(k, x)| {
+                let credential = matches!(
+                    k.as_str(),
+                    "password" | "private_key" | "client_token" | "jwt" | "secret_id"
+                );
+                walk(x, all || credential, out)
+            }),
+            _ => {}
+        }
+    }
+    let text = std::fs::read_to_string(audit).unwrap_or_default();
+    let mut out = Vec::new();
+    for entry in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        let path = entry["request"]["path"].as_str().unwrap_or("");
+        for side in [&entry["request"]["data"], &entry["response"]["data"]] {
+            if path.starts_with("secret/data/") {
+                // KV v2: the secret is under `data`, beside metadata (times, versions).
+                walk(&side["data"], true, &mut out);
+            } else {
+                walk(side, path.starts_with("kv1/"), &mut out);
+            }
+        }
+        walk(&entry["response"]["auth"], false, &mut out);
+    }
+    out.retain(|v| v != "root");
+    out
 }
 
 impl Bao {
@@ -378,6 +474,7 @@ pub fn run_bounded(mut cmd: Command, limit: Duration) -> (Output, Duration) {
         if started.elapsed() > limit {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
+            leak_log("agent.err", &String::from_utf8_lossy(&out.stderr));
             panic!(
                 "the agent was still running after {limit:?}; stderr:\n{}",
                 String::from_utf8_lossy(&out.stderr)
@@ -385,7 +482,10 @@ pub fn run_bounded(mut cmd: Command, limit: Duration) -> (Output, Duration) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    (child.wait_with_output().unwrap(), started.elapsed())
+    let out = child.wait_with_output().unwrap();
+    leak_log("agent.out", &String::from_utf8_lossy(&out.stdout));
+    leak_log("agent.err", &String::from_utf8_lossy(&out.stderr));
+    (out, started.elapsed())
 }
 
 pub fn stderr(out: &Output) -> String {
@@ -499,10 +599,13 @@ impl Running {
     fn finish(&mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.log
+        let log = self
+            .log
             .take()
             .map(|h| h.join().unwrap())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        leak_log("agent.err", &log);
+        log
     }
 }
 
