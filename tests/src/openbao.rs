@@ -16,7 +16,7 @@ use crate::process::{self, Process};
 use crate::{IoContext, Result, bins, failed};
 
 /// How long the dev server may take to answer `sys/health`.
-const START_LIMIT: Duration = Duration::from_secs(30);
+const START_LIMIT: Duration = Duration::from_secs(90);
 /// How long one CLI command may take.
 const CLI_LIMIT: Duration = Duration::from_secs(20);
 

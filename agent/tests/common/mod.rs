@@ -308,7 +308,7 @@ impl Bao {
                 return Bao::start_attempt(attempt + 1);
             }
             assert!(
-                started.elapsed() < Duration::from_secs(30),
+                started.elapsed() < Duration::from_secs(90),
                 "OpenBao did not start; its log:\n{}",
                 log()
             );
