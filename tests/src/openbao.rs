@@ -77,8 +77,9 @@ impl OpenBao {
             Some(p)
         })?;
         let root_token = format!("root-{}", crate::random_id(24));
-        // Not recorded for the suite-wide leak scan: `bao server -dev` prints the root
-        // token it was given in its own startup banner, by design of dev mode.
+        // Kept out of the suite-wide leak scan: `bao server -dev` prints the root token
+        // it was given in its own startup banner, by design of dev mode.
+        crate::leak::suite_exempt(&root_token);
         let mut cmd = process::guarded(&bao);
         cmd.arg("server")
             .arg("-dev")
