@@ -22,9 +22,19 @@ build:
 demo: setup build
 	$(SIDEKEY_BIN_DIR)/sidekey-demo
 
-## test: every test in the workspace, on real OpenBao, TLS and PostgreSQL
-test: setup build
-	$(CARGO) test --workspace --no-fail-fast
+## test: every test in the workspace, on real OpenBao, TLS and PostgreSQL; then the
+## suite-wide leak scan over every log the tests collected (docs/faults.md, "Leaks")
+test: setup build leak-scan-selftest
+	@dir="$(CURDIR)/target/leak-scan/$$(date +%Y%m%d-%H%M%S)-$$$$"; mkdir -p "$$dir"; \
+	echo "leak scan: collecting logs and secret values in $$dir"; \
+	SIDEKEY_LEAK_DIR="$$dir" $(CARGO) test --workspace --no-fail-fast; status=$$?; \
+	bash scripts/leak-scan.sh "$$dir" || exit 1; exit $$status
+
+## leak-scan-selftest: the leak scanner finds a value planted in a log (and fails on an
+## empty collection), so a passing scan means something
+.PHONY: leak-scan-selftest
+leak-scan-selftest:
+	bash scripts/leak-scan.sh --selftest
 
 ## images-check: build the images' static binaries as the Dockerfiles do, check them and
 ## run each in an empty root filesystem (scripts/images.sh; release build, a few minutes)

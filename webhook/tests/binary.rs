@@ -160,6 +160,7 @@ impl Drop for Webhook {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        leak_log("webhook.err", &self.logs());
     }
 }
 

@@ -54,6 +54,7 @@ async fn logs_the_outcome_per_review_but_never_the_body() {
     review(POD_BAD_ANNOTATION).await;
 
     let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+    leak_log("webhook-in-process.log", &logs);
     assert!(
         logs.contains("uid=705ab4f5-6393-11e8-b7cc-42010a800002"),
         "{logs}"

@@ -18,6 +18,40 @@ pub const POD_NOT_OPTED_IN: &str = include_str!("../data/pod-not-opted-in.json")
 pub const POD_BAD_ANNOTATION: &str = include_str!("../data/pod-bad-annotation.json");
 pub const DEPLOYMENT_CREATE: &str = include_str!("../data/deployment-create.json");
 
+/// The secret-looking env value in the pod fixtures: no log may ever hold it.
+pub const FIXTURE_SECRET: &str = "env-value-that-must-never-be-logged";
+
+/// Hands a log the test captured to the suite-wide leak scan (docs/faults.md, "Leaks")
+/// when `SIDEKEY_LEAK_DIR` is set (`make test`), with the fixtures' secret value;
+/// otherwise does nothing.
+pub fn leak_log(name: &str, text: &str) {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let Some(dir) = std::env::var_os("SIDEKEY_LEAK_DIR").filter(|d| !d.is_empty()) else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let logs = dir.join("logs");
+    let _ = std::fs::create_dir_all(&logs).and_then(|()| {
+        std::fs::write(
+            logs.join(format!("{exe}-{}-{n}-{name}", std::process::id())),
+            text,
+        )
+    });
+    // One append per call: O_APPEND keeps concurrent writers' lines whole.
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("values"))
+        .and_then(|mut f| writeln!(f, "{FIXTURE_SECRET}"));
+}
+
 /// Installs the process-wide rustls provider, as `main` does; later calls are no-ops.
 pub fn setup() {
     let _ = rustls::crypto::ring::default_provider().install_default();
