@@ -88,7 +88,10 @@ impl OpenBao {
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
             .arg(format!("-dev-root-token-id={root_token}"))
             .arg(format!("-config={}", config.display()))
-            .env("BAO_LOG_LEVEL", "info");
+            .env("BAO_LOG_LEVEL", "info")
+            // Dev mode writes its root token to $HOME/.vault-token through a fixed temp
+            // name; servers started at once with one HOME race on it and exit.
+            .env("HOME", dir.path());
         let process = Process::spawn("openbao", cmd, dir.path())?;
 
         let mut bao_server = OpenBao {

@@ -277,6 +277,9 @@ impl Bao {
         .unwrap();
         let child = Command::new(&bin)
             .args(["server", "-dev", "-dev-tls", "-dev-root-token-id=root"])
+            // Dev mode writes its root token to $HOME/.vault-token through a fixed temp
+            // name; servers started at once with one HOME race on it and exit.
+            .env("HOME", dir.path())
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
             .arg(format!("-dev-tls-cert-dir={}", dir.path().display()))
             .arg(format!("-config={}", audit_config.display()))
@@ -307,6 +310,11 @@ impl Bao {
                 drop(bao);
                 return Bao::start_attempt(attempt + 1);
             }
+            assert!(
+                bao.child.try_wait().unwrap().is_none(),
+                "OpenBao exited while starting; its log:\n{}",
+                log()
+            );
             assert!(
                 started.elapsed() < Duration::from_secs(90),
                 "OpenBao did not start; its log:\n{}",

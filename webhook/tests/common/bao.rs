@@ -36,6 +36,9 @@ impl DevServer {
         let root_token = "root-webhook-tests".to_owned();
         let mut cmd = Command::new(tools::bao());
         cmd.args(["server", "-dev"])
+            // Dev mode writes its root token to $HOME/.vault-token through a fixed temp
+            // name; servers started at once with one HOME race on it and exit.
+            .env("HOME", dir.path())
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
             .arg(format!("-dev-root-token-id={root_token}"))
             .stdin(Stdio::null())
